@@ -1,0 +1,31 @@
+# Each target sets up .venv first when it is missing, so a fresh clone needs only
+# Python 3.11 and make.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench clean
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m codeio_jax.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/score_cruxeval.py
+	$(BIN)/python benchmarks/score_startup.py
+	$(BIN)/python benchmarks/ios_pairs.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
