@@ -218,6 +218,11 @@ class Sandbox:
         return dict(self._slots[0].protections)
 
     @property
+    def slot_protections(self) -> list[dict]:
+        """What each slot was granted (its uid among them)."""
+        return [dict(slot.protections) for slot in self._slots]
+
+    @property
     def workers(self) -> int:
         return len(self._slots)
 

@@ -1,0 +1,27 @@
+"""Shared fixtures: real sandboxes, the shipped data."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_data(relative: str) -> Path:
+    """A file of ../shared/data; skips (outside CI) when the folder is absent."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        if os.environ.get("CI"):
+            raise FileNotFoundError(f"{path} is missing; CI always has ../shared/data")
+        pytest.skip(f"{path} is absent (../shared/data is not beside this checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    from codeio_jax.execution import Limits, Sandbox, SandboxConfig
+
+    with Sandbox(SandboxConfig(workers=2, limits=Limits(timeout_s=2.0))) as box:
+        yield box
