@@ -238,15 +238,15 @@ def closed_ancestor(path):
 # --- one check -------------------------------------------------------------------
 
 def child_main(request, nonce, result_fd, out_fd, err_fd, workdir, cfg):
-    """Runs in the forked child; never returns."""
+    """Runs in the forked child; never returns. Whatever can be prepared once is
+    prepared in the slot (Slot.prepare_children), so a child only does what is
+    specific to it: its own session, its descriptors, its limits, its uid."""
     # Bind what the runner needs before the program runs: the program shares this
     # interpreter and may rebind os.write, json.dumps or builtins as it likes.
     _write, _exit, _dumps, _pack = os.write, os._exit, json.dumps, HEADER.pack
     limits = request["limits"]
     try:
         os.setsid()
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         keep_fd = 3
@@ -254,34 +254,20 @@ def child_main(request, nonce, result_fd, out_fd, err_fd, workdir, cfg):
             os.dup2(result_fd, keep_fd)
         os.closerange(keep_fd + 1, 1 << 20)
         result_fd = keep_fd
-        sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", closefd=False, encoding="utf-8", errors="backslashreplace")
-        sys.stderr = open(2, "w", closefd=False, encoding="utf-8", errors="backslashreplace")
-
-        def cap(kind, soft, hard=None):
-            resource.setrlimit(kind, (soft, soft if hard is None else hard))
-
         cpu = cpu_seconds(request)
-        cap(resource.RLIMIT_CPU, cpu, cpu + 1)
-        cap(resource.RLIMIT_AS, limits["memory_mb"] << 20)
-        cap(resource.RLIMIT_FSIZE, limits["file_mb"] << 20)
-        cap(resource.RLIMIT_NOFILE, limits["open_files"])
-        cap(resource.RLIMIT_CORE, 0)
+        setrlimit = resource.setrlimit
+        setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] << 20,) * 2)
+        setrlimit(resource.RLIMIT_FSIZE, (limits["file_mb"] << 20,) * 2)
+        setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"],) * 2)
         if cfg["uid"] is not None:
             # RLIMIT_NPROC counts per real uid and is not enforced for root,
             # which is why the uid drop comes with it.
-            cap(resource.RLIMIT_NPROC, limits["processes"])
+            setrlimit(resource.RLIMIT_NPROC, (limits["processes"],) * 2)
             os.setgroups([])
             os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
             os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
-        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        # A flood past RLIMIT_FSIZE then fails with an OSError instead of killing
-        # the child with SIGXFSZ, which tells the user more.
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         os.chdir(workdir)
-        os.environ.clear()
-        os.environ.update(HOME=workdir, TMPDIR=workdir, PATH="/usr/local/bin:/usr/bin:/bin",
-                          LANG="C.UTF-8", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     except BaseException as exc:  # the sandbox itself failed to set up: say so
         payload = {"nonce": nonce, "ok": False, "type": "SandboxSetupError",
                    "message": f"{type(exc).__name__}: {exc}", "line": None}
@@ -368,6 +354,29 @@ class Slot:
             # Orphans of a check get reparented to us, so we can find and reap them.
             libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.loaded = set(sys.modules)
+        self.prepare_children()
+
+    def prepare_children(self):
+        """Set, once, everything every child inherits unchanged."""
+        # Standard streams: stdin reads nothing; stdout and stderr are text
+        # wrappers over fds 1 and 2, onto which each child dup2s its capture files.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        sys.stdin = open(0, "r", closefd=False)
+        sys.stdout = open(1, "w", closefd=False, encoding="utf-8", errors="backslashreplace")
+        sys.stderr = open(2, "w", closefd=False, encoding="utf-8", errors="backslashreplace")
+        # The environment a checked program sees: nothing of the host's.
+        os.environ.clear()
+        os.environ.update(HOME=self.workdir, TMPDIR=self.workdir, PATH="/usr/local/bin:/usr/bin:/bin",
+                          LANG="C.UTF-8", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        # A flood past RLIMIT_FSIZE then fails with an OSError instead of killing
+        # the child with SIGXFSZ, which tells the user more.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # No setuid binary can give a child privileges back. The slot itself keeps
+        # the right to change uid (setresuid is not an execve).
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
     def preload(self, modules):
         for name in modules:
@@ -493,7 +502,11 @@ class Slot:
             time.sleep(0.001)
 
     def reset_workdir(self):
-        if os.path.lexists(self.workdir):
+        try:
+            os.rmdir(self.workdir)  # the common case: the last check wrote nothing
+        except FileNotFoundError:
+            pass
+        except OSError:
             remove_tree(self.workdir)
         os.mkdir(self.workdir, 0o700)
         if self.cfg["uid"] is not None:
@@ -617,7 +630,7 @@ def serve(cfg):
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    sys.stdout = sys.stderr = open(os.devnull, "w")
+    os.close(devnull)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
     for name in cfg["preload"]:

@@ -1,0 +1,123 @@
+"""Which CRUXEval checks run no generated code, and how to run those in batches.
+
+A CRUXEval check is the sample's code followed by `assert <output> == <generation>`.
+When the generation is pure data (a literal for output prediction, a call
+`f(<literals>)` for input prediction) and the sample's code is self-contained
+(no imports, no `global`, no reflection), the check executes only the
+benchmark's own code on data: there is no untrusted code to isolate from its
+neighbours. Such checks of one sample run in one sandboxed child, each on a
+fresh execution of the sample's code under its own deadline, which gives the
+same result as one child per check at a fraction of the cost. Anything else,
+and any batch that does not finish cleanly, runs as one fresh child per check.
+"""
+
+from __future__ import annotations
+
+import ast
+
+# Names through which the sample's code could change state that outlives one
+# check in the same process (builtins, modules, other frames).
+_REFLECTIVE_NAMES = frozenset({
+    "getattr", "setattr", "delattr", "globals", "locals", "vars", "eval", "exec", "compile",
+    "open", "input", "breakpoint", "help", "exit", "quit", "memoryview", "__import__",
+    "__builtins__", "classmethod", "staticmethod", "property", "super", "object",
+})
+
+
+def is_literal(node: ast.AST) -> bool:
+    """True for constants and containers of constants (no names, no calls)."""
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return all(is_literal(item) for item in node.elts)
+    if isinstance(node, ast.Dict):
+        return all(key is not None and is_literal(key) for key in node.keys) and all(
+            is_literal(value) for value in node.values)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, (int, float, complex))
+    return False
+
+
+def assert_is_data_only(assert_line: str, mode: str) -> bool:
+    """Whether `assert <output> == <generation>` holds nothing but data beside
+    one call of `f` (input mode). The line is parsed as it will run, so a
+    generation that adds a statement or an assert message is not data."""
+    try:
+        tree = ast.parse(assert_line)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return False
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert) or tree.body[0].msg:
+        return False
+    test = tree.body[0].test
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    left, right = test.left, test.comparators[0]
+    if not is_literal(left):
+        return False
+    if mode == "output":
+        return is_literal(right)
+    return (isinstance(right, ast.Call) and isinstance(right.func, ast.Name) and right.func.id == "f"
+            and all(is_literal(arg) for arg in right.args)
+            and all(kw.arg is not None and is_literal(kw.value) for kw in right.keywords))
+
+
+def code_is_self_contained(code: str) -> bool:
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.Global, ast.Nonlocal)):
+            return False
+        if isinstance(node, ast.Name) and (node.id in _REFLECTIVE_NAMES or node.id.startswith("__")):
+            return False
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            return False
+    return True
+
+
+def batch_program(code: str, assert_lines: list[str], timeout_s: float) -> str:
+    """A program whose `__codeio_batch__()` runs each `code + assert line` as its
+    own program and returns one [status, message] per line."""
+    return _BATCH_TEMPLATE.format(code=repr(code), lines=repr(list(assert_lines)),
+                                  timeout=float(timeout_s), assert_line=code.count("\n") + 2)
+
+
+_BATCH_TEMPLATE = '''
+def __codeio_batch__():
+    import signal
+
+    class _Deadline(BaseException):
+        pass
+
+    def _alarm(signum, frame):
+        raise _Deadline()
+
+    code = {code}
+    lines = {lines}
+    signal.signal(signal.SIGALRM, _alarm)
+    results = []
+    for line in lines:
+        try:
+            try:
+                signal.setitimer(signal.ITIMER_REAL, {timeout})
+                exec(compile(code + "\\n" + line, "<item>", "exec"), {{"__name__": "__main__"}})
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            results.append(["passed", ""])
+        except _Deadline:
+            results.append(["timeout", "exceeded the {timeout} s limit"])
+        except MemoryError:
+            results.append(["memory", "out of memory"])
+        except BaseException as exc:
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            at_assert = (tb is not None and tb.tb_frame.f_code.co_filename == "<item>"
+                         and tb.tb_frame.f_code.co_name == "<module>" and tb.tb_lineno == {assert_line})
+            if isinstance(exc, AssertionError) and at_assert:
+                results.append(["failed", ""])
+            else:
+                results.append(["error:" + type(exc).__name__, str(exc)[:300]])
+    return results
+'''
