@@ -1,0 +1,326 @@
+"""The `ios` stage: execution-verified input/output pairs for each unified record.
+
+For a record with an `input_generator`: call it up to `max_calls` times and keep
+up to `max_pairs` distinct pairs within the paper's size limits, all inside one
+sandboxed run, seeded from (seed, record id) so a rerun gives the same bytes.
+Inputs go through JSON before `main_solution` sees them, so every kept pair is
+reproducible from the stored data alone.
+
+For a record without a generator (the CodeI/O authors' parsed format), replay
+its recorded pairs: run `main_solution` on each recorded input and keep the pairs
+whose output it reproduces.
+
+A record that yields no pair, raises, or times out becomes an error record with
+the reason; no record is dropped silently.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from codeio_jax.execution import Check, Limits, Sandbox
+from codeio_jax.records import LineError, UnifiedRecord, read_unified
+from codeio_jax.verify.compare import values_match
+
+DEFAULT_CORPUS = Path(__file__).with_name("corpus") / "default.jsonl"
+STAGE = "ios"
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeLimits:
+    """The paper's limits on a kept pair (all strict upper bounds)."""
+
+    pair_bytes: int = 1024
+    container_items: int = 20
+    string_chars: int = 100
+    scalar_bytes: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class IOSettings:
+    seed: int = 0
+    max_calls: int = 1000
+    max_pairs: int = 10
+    timeout_s: float = 20.0
+    memory_mb: int = 2048
+    sizes: SizeLimits = SizeLimits()
+
+    def __post_init__(self):
+        if self.max_calls < 1 or self.max_pairs < 1:
+            raise ValueError("max_calls and max_pairs must be at least 1")
+
+
+def record_seed(seed: int, record_id: str) -> int:
+    """The seed of one record's generator: stable across runs, machines and order."""
+    digest = hashlib.sha256(f"{seed}\0{record_id}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def generator_program(record: UnifiedRecord, settings: IOSettings) -> str:
+    return "\n\n".join([
+        record.refcode,
+        record.input_generator or "",
+        _SIZE_CHECK.format(**dataclasses.asdict(settings.sizes)),
+        _GENERATE.format(seed=record_seed(settings.seed, record.id), max_calls=settings.max_calls,
+                         max_pairs=settings.max_pairs, budget_s=0.8 * settings.timeout_s,
+                         funcname=record.funcname),
+    ])
+
+
+def replay_program(record: UnifiedRecord) -> str:
+    inputs = json.dumps([pair.input for pair in record.ios], ensure_ascii=False)
+    return "\n\n".join([record.refcode, _REPLAY.format(inputs=inputs, funcname=record.funcname)])
+
+
+@dataclasses.dataclass(frozen=True)
+class IOResult:
+    """One record's outcome: the record with its pairs, or an error."""
+
+    record_id: str
+    line: int
+    row: dict | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        if self.row is not None:
+            return self.row
+        return {"id": self.record_id, "stage": STAGE, "line": self.line, "error": self.error}
+
+
+def submit(record: UnifiedRecord, sandbox: Sandbox, settings: IOSettings):
+    limits = Limits(timeout_s=settings.timeout_s, memory_mb=settings.memory_mb)
+    if record.input_generator:
+        check = Check(generator_program(record, settings), entry="__codeio_ios__", limits=limits)
+    else:
+        check = Check(replay_program(record), entry="__codeio_replay__", limits=limits)
+    return sandbox.submit(check)
+
+
+def judge(record: UnifiedRecord, line: int, outcome, settings: IOSettings) -> IOResult:
+    if not outcome.passed:
+        return IOResult(record.id, line, error=_failure_reason(outcome, record))
+    value = outcome.value
+    if record.input_generator:
+        if "error" in value:
+            return IOResult(record.id, line, error=value["error"])
+        pairs, stats = value["pairs"], {"mode": "generated", "calls": value["calls"],
+                                        "rejected": value["rejected"]}
+        if not pairs:
+            return IOResult(record.id, line, error=_no_pair_reason(value["calls"], value["rejected"]))
+    else:
+        pairs, mismatched, failed = [], 0, collections.Counter()
+        for pair, (ok, result) in zip(record.ios, value):
+            if not ok:
+                failed[result] += 1
+            elif values_match(result, pair.output):
+                pairs.append(pair.to_dict())
+            else:
+                mismatched += 1
+        pairs = pairs[:settings.max_pairs]
+        stats = {"mode": "replayed", "recorded": len(record.ios), "reproduced": len(pairs),
+                 "mismatched": mismatched, "raised": dict(failed)}
+        if not pairs:
+            return IOResult(record.id, line, error=(
+                f"no recorded pair reproduced: {len(record.ios)} recorded, {mismatched} gave another "
+                f"output, errors {dict(failed) or 'none'}"))
+    row = record.to_dict()
+    row["ios"] = pairs
+    row["ios_stats"] = stats
+    return IOResult(record.id, line, row=row)
+
+
+def generate(items: Iterable[UnifiedRecord | LineError], sandbox: Sandbox, settings: IOSettings,
+             window: int | None = None) -> Iterator[IOResult]:
+    """Results in input order, with at most `window` records in flight."""
+    window = window or 8 * sandbox.workers
+    pending: collections.deque = collections.deque()
+    index = 0
+    for item in items:
+        index += 1
+        if isinstance(item, LineError):
+            pending.append((None, item, None))
+        else:
+            pending.append((item, index, submit(item, sandbox, settings)))
+        while len(pending) >= window:
+            yield _finish(pending.popleft(), settings)
+    while pending:
+        yield _finish(pending.popleft(), settings)
+
+
+def _finish(entry, settings: IOSettings) -> IOResult:
+    record, where, future = entry
+    if record is None:
+        return IOResult(where.id or f"line-{where.line}", where.line, error=where.reason)
+    return judge(record, where, future.result(), settings)
+
+
+@dataclasses.dataclass
+class IOSummary:
+    records: int = 0
+    kept: int = 0
+    errors: int = 0
+    pairs: int = 0
+    error_reasons: dict = dataclasses.field(default_factory=dict)
+
+
+def run_file(source: str | Path, dest: str | Path, errors_dest: str | Path, sandbox: Sandbox,
+             settings: IOSettings, on_record: Callable[[str], None] | None = None) -> IOSummary:
+    """Stream unified records from `source` into `dest` (records with pairs) and
+    `errors_dest` (error records); both written whole or not at all."""
+    summary = IOSummary()
+    reasons: collections.Counter = collections.Counter()
+    dest, errors_dest = Path(dest), Path(errors_dest)
+    tmp_out = dest.with_name(dest.name + ".partial")
+    tmp_err = errors_dest.with_name(errors_dest.name + ".partial")
+    with open(tmp_out, "w", encoding="utf-8") as out, open(tmp_err, "w", encoding="utf-8") as err:
+        for result in generate(read_unified(source), sandbox, settings):
+            summary.records += 1
+            if result.row is not None:
+                summary.kept += 1
+                summary.pairs += len(result.row["ios"])
+                out.write(json.dumps(result.row, ensure_ascii=False) + "\n")
+            else:
+                summary.errors += 1
+                reasons[reason_kind(result.error)] += 1
+                err.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+            if on_record:
+                on_record("kept" if result.row is not None else "error")
+    tmp_out.replace(dest)
+    tmp_err.replace(errors_dest)
+    summary.error_reasons = dict(reasons.most_common())
+    return summary
+
+
+def reason_kind(reason: str) -> str:
+    """A short class of an error reason, for counts."""
+    for kind in ("missing module", "timed out", "memory", "does not parse", "no pair",
+                 "no recorded pair", "input_generator", "not valid", "is missing", "must be"):
+        if kind in reason:
+            return kind
+    return "other"
+
+
+def _failure_reason(outcome, record: UnifiedRecord) -> str:
+    status, message = outcome.status, outcome.message
+    if status == "timeout":
+        return f"timed out: {message}"
+    if status == "memory":
+        return f"exceeded memory: {message}"
+    if status == "error:ModuleNotFoundError":
+        module = re.search(r"No module named '([^']+)'", message)
+        name = module.group(1) if module else message
+        return f"missing module {name!r}: the sandbox interpreter does not have it installed"
+    if status == "error:SyntaxError":
+        return f"the code does not parse: {message}"
+    if status.startswith("error:"):
+        return f"raised {status[6:]}: {message}"
+    return f"{status}: {message}"
+
+
+def _no_pair_reason(calls: int, rejected: dict) -> str:
+    detail = ", ".join(f"{reason} ({count})" for reason, count in
+                       sorted(rejected.items(), key=lambda kv: -kv[1])[:5])
+    return f"no pair: none of {calls} generated inputs gave a pair within the limits: {detail or 'none'}"
+
+
+# The programs below run inside the sandbox, after the record's own code.
+
+_SIZE_CHECK = '''
+def __codeio_too_big__(value):
+    """Why `value` breaks the size limits, or None."""
+    if isinstance(value, str):
+        return "string of 100+ characters" if len(value) >= {string_chars} else None
+    if isinstance(value, (list, tuple, set, dict)):
+        if len(value) >= {container_items}:
+            return "container of 20+ items"
+        items = list(value.items()) if isinstance(value, dict) else value
+        for item in items:
+            found = __codeio_too_big__(item)
+            if found:
+                return found
+        return None
+    import json
+    if len(json.dumps(value)) >= {scalar_bytes}:
+        return "scalar of 128+ bytes"
+    return None
+
+
+__codeio_pair_bytes__ = {pair_bytes}
+'''
+
+_GENERATE = '''
+def __codeio_ios__():
+    import json, random, time
+    random.seed({seed})
+    deadline = time.monotonic() + {budget_s}
+    pairs, seen, rejected, calls = [], set(), {{}}, 0
+
+    def reject(reason):
+        rejected[reason] = rejected.get(reason, 0) + 1
+
+    while calls < {max_calls} and len(pairs) < {max_pairs} and time.monotonic() < deadline:
+        calls += 1
+        try:
+            kwargs = input_generator()
+        except Exception as exc:
+            return {{"error": "input_generator raised %s: %s" % (type(exc).__name__, str(exc)[:300])}}
+        if not isinstance(kwargs, dict):
+            return {{"error": "input_generator must return a dict of keyword arguments, got %s"
+                              % type(kwargs).__name__}}
+        try:
+            input_text = json.dumps(kwargs, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError):
+            reject("input not JSON-serializable")
+            continue
+        if input_text in seen:
+            reject("duplicate input")
+            continue
+        seen.add(input_text)
+        kwargs = json.loads(input_text)
+        too_big = __codeio_too_big__(kwargs)
+        if too_big:
+            reject("input has a " + too_big)
+            continue
+        try:
+            output = {funcname}(**json.loads(input_text))
+        except Exception as exc:
+            reject("{funcname} raised " + type(exc).__name__)
+            continue
+        if output is None:
+            reject("output is None")
+            continue
+        try:
+            output = json.loads(json.dumps(output, allow_nan=False))
+        except (TypeError, ValueError):
+            reject("output not JSON-serializable")
+            continue
+        too_big = __codeio_too_big__(output)
+        if too_big:
+            reject("output has a " + too_big)
+            continue
+        pair = {{"input": kwargs, "output": output}}
+        if len(json.dumps(pair).encode()) >= __codeio_pair_bytes__:
+            reject("pair of 1 KiB or more")
+            continue
+        pairs.append(pair)
+    return {{"pairs": pairs, "calls": calls, "rejected": rejected}}
+'''
+
+_REPLAY = '''
+def __codeio_replay__():
+    import json
+    results = []
+    for kwargs in json.loads({inputs!r}):
+        try:
+            output = json.loads(json.dumps({funcname}(**kwargs), allow_nan=False))
+            results.append([True, output])
+        except Exception as exc:
+            results.append([False, type(exc).__name__])
+    return results
+'''
