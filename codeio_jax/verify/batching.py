@@ -7,7 +7,8 @@ When the generation is pure data (a literal for output prediction, a call
 benchmark's own code on data: there is no untrusted code to isolate from its
 neighbours. Such checks of one sample run in one sandboxed child, each on a
 fresh execution of the sample's code under its own deadline, which gives the
-same result as one child per check at a fraction of the cost. Anything else,
+same result as one child per check at a fraction of the cost; and copies of
+the same data-only program run once. Anything else,
 and any batch that does not finish cleanly, runs as one fresh child per check.
 """
 
@@ -38,14 +39,23 @@ def is_literal(node: ast.AST) -> bool:
     return False
 
 
-def assert_is_data_only(assert_line: str, mode: str) -> bool:
-    """Whether `assert <output> == <generation>` holds nothing but data beside
-    one call of `f` (input mode). The line is parsed as it will run, so a
-    generation that adds a statement or an assert message is not data."""
+def data_only_key(assert_line: str, mode: str) -> str | None:
+    """For an `assert <output> == <generation>` that holds nothing but data
+    beside one call of `f` (input mode), a key that is equal exactly when two
+    such lines are the same program (the AST, so quotes and spacing do not
+    matter); None for any other line. The line is parsed as it will run, so a
+    generation that adds a statement or an assert message is not data.
+
+    Equal keys give equal results: the sample's code is deterministic and the
+    line runs nothing else, so one run answers for every copy."""
     try:
         tree = ast.parse(assert_line)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return False
+        return None
+    return ast.dump(tree) if _is_data_only(tree, mode) else None
+
+
+def _is_data_only(tree: ast.Module, mode: str) -> bool:
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert) or tree.body[0].msg:
         return False
     test = tree.body[0].test

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from codeio_jax.execution import Check, Limits, Outcome, Sandbox, skipped
-from codeio_jax.verify.batching import assert_is_data_only, batch_program, code_is_self_contained
+from codeio_jax.verify.batching import batch_program, code_is_self_contained, data_only_key
 from codeio_jax.verify.passk import pass_at_k
 
 MODES = ("input", "output")
@@ -99,16 +99,18 @@ def score(generations: dict[str, list[str]], mode: str, samples: dict[str, Sampl
           on_progress: Callable[[int], None] | None = None) -> ScoreReport:
     """Score `generations` for `mode` ("input" or "output").
 
-    batch: run data-only checks of a sample in one child (see batching.py);
-      off, every check gets a fresh child.
+    batch: run the data-only checks of a sample in one child, each distinct
+      program once (see batching.py); off, every check gets a fresh child.
     on_progress: called with the number of checks just finished."""
     if mode not in MODES:
         raise ScoringError(f"mode must be one of {MODES}, got {mode!r}")
     validate_generations(generations, samples)
     limits = dataclasses.replace(sandbox.config.limits, timeout_s=timeout_s)
     outcomes: dict[str, list[Outcome | None]] = {}
-    isolated: list[tuple[str, int, object]] = []
-    batches: list[tuple[str, list[int], object]] = []
+    # Each entry covers the indices of one sample's generations that are the
+    # same program; only data-only programs are ever grouped (batching.py).
+    isolated: list[tuple[str, list[int], object]] = []
+    batches: list[tuple[str, list[list[int]], object]] = []
     for sample_id, gens in generations.items():
         sample = samples[sample_id]
         slots: list[Outcome | None] = [None] * len(gens)
@@ -119,39 +121,50 @@ def score(generations: dict[str, list[str]], mode: str, samples: dict[str, Sampl
                 slots[i] = skipped("dropped by CRUXEval's rule: the generation tests nothing")
             else:
                 lines[i] = assert_line(sample, gen)
-        data_only = [i for i, line in lines.items()
-                     if batch and assert_is_data_only(line, mode)] if code_is_self_contained(sample.code) else []
-        if len(data_only) > 1:
-            program = batch_program(sample.code, [lines[i] for i in data_only], timeout_s)
-            batch_limits = dataclasses.replace(limits, timeout_s=timeout_s * len(data_only) + 1.0)
+        groups: dict[str, list[int]] = {}
+        if batch and code_is_self_contained(sample.code):
+            for i, line in lines.items():
+                key = data_only_key(line, mode)
+                if key is not None:
+                    groups.setdefault(key, []).append(i)
+        grouped = sum(len(g) for g in groups.values())
+        if grouped > 1:
+            unique = list(groups.values())
+            program = batch_program(sample.code, [lines[g[0]] for g in unique], timeout_s)
+            batch_limits = dataclasses.replace(limits, timeout_s=timeout_s * len(unique) + 1.0)
             future = sandbox.submit(Check(program, entry="__codeio_batch__", limits=batch_limits))
-            batches.append((sample_id, data_only, future))
+            batches.append((sample_id, unique, future))
         else:
-            data_only = []
+            groups = {}
+        in_groups = {i for g in groups.values() for i in g}
         for i, line in lines.items():
-            if i not in data_only:
-                isolated.append((sample_id, i, _submit_one(sandbox, sample, line, limits)))
+            if i not in in_groups:
+                isolated.append((sample_id, [i], _submit_one(sandbox, sample, line, limits)))
 
     batched = 0
-    for sample_id, indices, future in batches:
+    for sample_id, unique, future in batches:
         outcome = future.result()
         results = outcome.value if outcome.passed else None
-        if not (isinstance(results, list) and len(results) == len(indices)):
-            # The batch did not finish cleanly: give each check its own child.
+        if not (isinstance(results, list) and len(results) == len(unique)):
+            # The batch did not finish cleanly: give each program its own child.
             sample = samples[sample_id]
             gens = generations[sample_id]
-            for i in indices:
-                isolated.append((sample_id, i, _submit_one(sandbox, sample, assert_line(sample, gens[i]), limits)))
+            for group in unique:
+                line = assert_line(sample, gens[group[0]])
+                isolated.append((sample_id, group, _submit_one(sandbox, sample, line, limits)))
             continue
-        for i, (status, message) in zip(indices, results):
-            outcomes[sample_id][i] = Outcome(status=status, message=message)
-        batched += len(indices)
+        for group, (status, message) in zip(unique, results):
+            for i in group:
+                outcomes[sample_id][i] = Outcome(status=status, message=message)
+            batched += len(group)
         if on_progress:
-            on_progress(len(indices))
-    for sample_id, i, future in isolated:
-        outcomes[sample_id][i] = future.result()
+            on_progress(sum(len(g) for g in unique))
+    for sample_id, group, future in isolated:
+        outcome = future.result()
+        for i in group:
+            outcomes[sample_id][i] = outcome
         if on_progress:
-            on_progress(1)
+            on_progress(len(group))
     return _report(generations, outcomes, batched, len(isolated))
 
 
