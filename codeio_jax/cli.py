@@ -106,7 +106,7 @@ def _score(args) -> int:
     total = sum(len(g) for g in generations.values())
     with _sandbox(args, timeout=args.timeout) as sandbox, _progress(total, "checks") as bar:
         report = cruxeval.score(generations, args.mode, samples, sandbox, timeout_s=args.timeout,
-                                batch=not args.no_batch, on_progress=bar.update)
+                                batch=not args.no_batch, on_progress=_first_check_stamp(bar.update))
     _write_json(args.out, report.to_dict())
     counts = _count(s for statuses in report.statuses.values() for s in statuses)
     print(f"cruxeval {args.mode}: {len(generations)} samples, {total} generations")
@@ -158,6 +158,25 @@ def _sandbox_check(args) -> int:
     for name, active, detail in report:
         print(f"  {'on ' if active else 'OFF'}  {name:<{width}}  {detail}")
     return 0
+
+
+def _first_check_stamp(update):
+    """With CODEIO_TRACE_FIRST_CHECK set, log the wall-clock time at which the
+    first check finished (benchmarks/score_startup.py reads it)."""
+    import os
+    import time
+
+    if not os.environ.get("CODEIO_TRACE_FIRST_CHECK"):
+        return update
+    stamped = []
+
+    def wrapped(count):
+        if not stamped:
+            stamped.append(True)
+            print(f"first check done at {time.time():.6f}", file=sys.stderr, flush=True)
+        update(count)
+
+    return wrapped
 
 
 def _read_json(path: Path):

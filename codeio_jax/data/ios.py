@@ -17,6 +17,7 @@ the reason; no record is dropped silently.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -73,9 +74,10 @@ def generator_program(record: UnifiedRecord, settings: IOSettings) -> str:
     ])
 
 
-def replay_program(record: UnifiedRecord) -> str:
+def replay_program(record: UnifiedRecord, settings: IOSettings) -> str:
     inputs = json.dumps([pair.input for pair in record.ios], ensure_ascii=False)
-    return "\n\n".join([record.refcode, _REPLAY.format(inputs=inputs, funcname=record.funcname)])
+    return "\n\n".join([record.refcode, _REPLAY.format(
+        inputs=inputs, funcname=record.funcname, seed=record_seed(settings.seed, record.id))])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +100,7 @@ def submit(record: UnifiedRecord, sandbox: Sandbox, settings: IOSettings):
     if record.input_generator:
         check = Check(generator_program(record, settings), entry="__codeio_ios__", limits=limits)
     else:
-        check = Check(replay_program(record), entry="__codeio_replay__", limits=limits)
+        check = Check(replay_program(record, settings), entry="__codeio_replay__", limits=limits)
     return sandbox.submit(check)
 
 
@@ -136,9 +138,10 @@ def judge(record: UnifiedRecord, line: int, outcome, settings: IOSettings) -> IO
 
 
 def generate(items: Iterable[UnifiedRecord | LineError], sandbox: Sandbox, settings: IOSettings,
-             window: int | None = None) -> Iterator[IOResult]:
-    """Results in input order, with at most `window` records in flight."""
-    window = window or 8 * sandbox.workers
+             in_flight: int | None = None, buffered: int = 1000) -> Iterator[IOResult]:
+    """Results in input order. At most `in_flight` records run at once; finished
+    ones wait (up to `buffered`) behind a slow record instead of idling the pool."""
+    in_flight = in_flight or 4 * sandbox.workers
     pending: collections.deque = collections.deque()
     index = 0
     for item in items:
@@ -147,8 +150,13 @@ def generate(items: Iterable[UnifiedRecord | LineError], sandbox: Sandbox, setti
             pending.append((None, item, None))
         else:
             pending.append((item, index, submit(item, sandbox, settings)))
-        while len(pending) >= window:
-            yield _finish(pending.popleft(), settings)
+        while True:
+            while pending and (pending[0][2] is None or pending[0][2].done()):
+                yield _finish(pending.popleft(), settings)
+            running = [entry[2] for entry in pending if entry[2] is not None and not entry[2].done()]
+            if len(running) < in_flight and len(pending) < buffered:
+                break
+            concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
     while pending:
         yield _finish(pending.popleft(), settings)
 
@@ -314,7 +322,8 @@ def __codeio_ios__():
 
 _REPLAY = '''
 def __codeio_replay__():
-    import json
+    import json, random
+    random.seed({seed})  # code that draws random numbers replays the same way every time
     results = []
     for kwargs in json.loads({inputs!r}):
         try:

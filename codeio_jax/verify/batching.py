@@ -5,10 +5,10 @@ When the generation is pure data (a literal for output prediction, a call
 `f(<literals>)` for input prediction) and the sample's code is self-contained
 (no imports, no `global`, no reflection), the check executes only the
 benchmark's own code on data: there is no untrusted code to isolate from its
-neighbours. Such checks of one sample run in one sandboxed child, each on a
-fresh execution of the sample's code under its own deadline, which gives the
-same result as one child per check at a fraction of the cost; and copies of
-the same data-only program run once. Anything else,
+neighbours. Such checks run in batches, one sandboxed child per batch, each check
+on a fresh execution of its sample's code under its own deadline, which gives
+the same result as one child per check at a fraction of the cost; and copies
+of the same data-only program run once. Anything else,
 and any batch that does not finish cleanly, runs as one fresh child per check.
 """
 
@@ -86,11 +86,12 @@ def code_is_self_contained(code: str) -> bool:
     return True
 
 
-def batch_program(code: str, assert_lines: list[str], timeout_s: float) -> str:
-    """A program whose `__codeio_batch__()` runs each `code + assert line` as its
-    own program and returns one [status, message] per line."""
-    return _BATCH_TEMPLATE.format(code=repr(code), lines=repr(list(assert_lines)),
-                                  timeout=float(timeout_s), assert_line=code.count("\n") + 2)
+def batch_program(items: list[tuple[str, str]], timeout_s: float) -> str:
+    """A program whose `__codeio_batch__()` runs each (sample code, assert line)
+    as its own program, under its own deadline, and returns one [status,
+    message] per item."""
+    programs = [(code + "\n" + line, code.count("\n") + 2) for code, line in items]
+    return _BATCH_TEMPLATE.format(programs=repr(programs), timeout=float(timeout_s))
 
 
 _BATCH_TEMPLATE = '''
@@ -103,15 +104,13 @@ def __codeio_batch__():
     def _alarm(signum, frame):
         raise _Deadline()
 
-    code = {code}
-    lines = {lines}
     signal.signal(signal.SIGALRM, _alarm)
     results = []
-    for line in lines:
+    for source, assert_line in {programs}:
         try:
             try:
                 signal.setitimer(signal.ITIMER_REAL, {timeout})
-                exec(compile(code + "\\n" + line, "<item>", "exec"), {{"__name__": "__main__"}})
+                exec(compile(source, "<item>", "exec"), {{"__name__": "__main__"}})
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             results.append(["passed", ""])
@@ -124,7 +123,7 @@ def __codeio_batch__():
             while tb is not None and tb.tb_next is not None:
                 tb = tb.tb_next
             at_assert = (tb is not None and tb.tb_frame.f_code.co_filename == "<item>"
-                         and tb.tb_frame.f_code.co_name == "<module>" and tb.tb_lineno == {assert_line})
+                         and tb.tb_frame.f_code.co_name == "<module>" and tb.tb_lineno == assert_line)
             if isinstance(exc, AssertionError) and at_assert:
                 results.append(["failed", ""])
             else:

@@ -95,22 +95,22 @@ class ScoreReport:
 
 
 def score(generations: dict[str, list[str]], mode: str, samples: dict[str, Sample], sandbox: Sandbox,
-          timeout_s: float = TIMEOUT_S, batch: bool = True,
+          timeout_s: float = TIMEOUT_S, batch: bool = True, batch_size: int = 32,
           on_progress: Callable[[int], None] | None = None) -> ScoreReport:
     """Score `generations` for `mode` ("input" or "output").
 
-    batch: run the data-only checks of a sample in one child, each distinct
-      program once (see batching.py); off, every check gets a fresh child.
+    batch: run data-only checks `batch_size` to a child, each distinct program
+      once (see batching.py); off, every check gets a fresh child.
     on_progress: called with the number of checks just finished."""
     if mode not in MODES:
         raise ScoringError(f"mode must be one of {MODES}, got {mode!r}")
     validate_generations(generations, samples)
     limits = dataclasses.replace(sandbox.config.limits, timeout_s=timeout_s)
     outcomes: dict[str, list[Outcome | None]] = {}
-    # Each entry covers the indices of one sample's generations that are the
-    # same program; only data-only programs are ever grouped (batching.py).
+    # A unit is one program and the generations it stands for: (sample id,
+    # indices of that sample's generations that are this same program, line).
+    data_units: list[tuple[str, list[int], str]] = []
     isolated: list[tuple[str, list[int], object]] = []
-    batches: list[tuple[str, list[list[int]], object]] = []
     for sample_id, gens in generations.items():
         sample = samples[sample_id]
         slots: list[Outcome | None] = [None] * len(gens)
@@ -127,38 +127,35 @@ def score(generations: dict[str, list[str]], mode: str, samples: dict[str, Sampl
                 key = data_only_key(line, mode)
                 if key is not None:
                     groups.setdefault(key, []).append(i)
-        grouped = sum(len(g) for g in groups.values())
-        if grouped > 1:
-            unique = list(groups.values())
-            program = batch_program(sample.code, [lines[g[0]] for g in unique], timeout_s)
-            batch_limits = dataclasses.replace(limits, timeout_s=timeout_s * len(unique) + 1.0)
-            future = sandbox.submit(Check(program, entry="__codeio_batch__", limits=batch_limits))
-            batches.append((sample_id, unique, future))
-        else:
-            groups = {}
+        for group in groups.values():
+            data_units.append((sample_id, group, lines[group[0]]))
         in_groups = {i for g in groups.values() for i in g}
         for i, line in lines.items():
             if i not in in_groups:
                 isolated.append((sample_id, [i], _submit_one(sandbox, sample, line, limits)))
 
+    batches = []
+    for start in range(0, len(data_units), batch_size):
+        units = data_units[start:start + batch_size]
+        program = batch_program([(samples[sid].code, line) for sid, _, line in units], timeout_s)
+        batch_limits = dataclasses.replace(limits, timeout_s=timeout_s * len(units) + 1.0)
+        batches.append((units, sandbox.submit(Check(program, entry="__codeio_batch__", limits=batch_limits))))
+
     batched = 0
-    for sample_id, unique, future in batches:
+    for units, future in batches:
         outcome = future.result()
         results = outcome.value if outcome.passed else None
-        if not (isinstance(results, list) and len(results) == len(unique)):
+        if not (isinstance(results, list) and len(results) == len(units)):
             # The batch did not finish cleanly: give each program its own child.
-            sample = samples[sample_id]
-            gens = generations[sample_id]
-            for group in unique:
-                line = assert_line(sample, gens[group[0]])
-                isolated.append((sample_id, group, _submit_one(sandbox, sample, line, limits)))
+            for sample_id, group, line in units:
+                isolated.append((sample_id, group, _submit_one(sandbox, samples[sample_id], line, limits)))
             continue
-        for group, (status, message) in zip(unique, results):
+        for (sample_id, group, _), (status, message) in zip(units, results):
             for i in group:
                 outcomes[sample_id][i] = Outcome(status=status, message=message)
             batched += len(group)
-        if on_progress:
-            on_progress(sum(len(g) for g in unique))
+            if on_progress:
+                on_progress(len(group))
     for sample_id, group, future in isolated:
         outcome = future.result()
         for i in group:

@@ -76,7 +76,7 @@ def generations_for(sample, mode, rng, n=10):
     skill = rng.choice([0.0, 0.2, 0.5, 0.8, 1.0])
     truth_literal = sample["output"] if mode == "output" else sample["input"]
     try:
-        truth = ast.literal_eval(truth_literal if mode == "output" else f"({truth_literal},)")
+        truth = ast.literal_eval(truth_literal if mode == "output" else f"[{truth_literal}]")
     except (ValueError, SyntaxError):
         truth = None
     wrong_pool = []
@@ -113,7 +113,10 @@ def perturbed_generations(samples, mode, seed=0):
         if mode == "output":
             out[s["id"]] = [repr(mutate(ast.literal_eval(s["output"]), rng))]
         else:
-            args = list(ast.literal_eval(f"({s['input']},)"))
+            try:
+                args = ast.literal_eval(f"[{s['input']}]")
+            except (ValueError, SyntaxError):  # a few inputs are expressions
+                args = [None]
             if args:
                 k = rng.randrange(len(args))
                 args[k] = mutate(args[k], rng)

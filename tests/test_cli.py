@@ -1,0 +1,67 @@
+"""The codeio-jax command, run as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+from tests.data.test_ios import COIN_CHANGE
+
+
+def cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "codeio_jax.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_ios_command(tmp_path):
+    source = tmp_path / "records.jsonl"
+    source.write_text(json.dumps(COIN_CHANGE) + "\n{broken\n")
+    out = tmp_path / "with_ios.jsonl"
+    done = cli("ios", "--in", source, "--out", out, "--seed", 3)
+    assert done.returncode == 0, done.stderr
+    assert "2 records in, 1 with pairs, 1 errors, 10 pairs" in done.stdout
+    assert len(json.loads(out.read_text())["ios"]) == 10
+    errors = [json.loads(line) for line in (tmp_path / "with_ios.jsonl.errors.jsonl").read_text().splitlines()]
+    assert errors[0]["line"] == 2 and "not valid JSON" in errors[0]["error"]
+    again = tmp_path / "again.jsonl"
+    assert cli("ios", "--in", source, "--out", again, "--seed", 3).returncode == 0
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_ios_command_missing_input(tmp_path):
+    done = cli("ios", "--in", tmp_path / "nope.jsonl", "--out", tmp_path / "o.jsonl")
+    assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_verify_command(tmp_path):
+    rows = [
+        {"id": "a", "task": "output_prediction", "response": '{"output": 3}', "output": 3},
+        {"id": "b", "task": "output_prediction", "response": "no idea", "output": 3},
+        {"id": "c", "task": "input_prediction", "response": '{"input": {"coins": [1, 2], "amount": 4}}',
+         "output": 2, "refcode": COIN_CHANGE["refcode"]},
+        {"id": "d", "task": "input_prediction", "response": '{"input": {"coins": [1, 2], "amount": 4}}',
+         "output": 2},
+        {"id": "e", "task": "translation", "response": "", "output": 1},
+    ]
+    source = tmp_path / "replies.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "verdicts.jsonl"
+    done = cli("verify", "--in", source, "--out", out)
+    assert done.returncode == 0, done.stderr
+    result = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r.get("verdict", {}).get("status") for r in result] == ["correct", "no_answer", "correct", None, None]
+    assert "refcode" in result[3]["error"] and "task" in result[4]["error"]
+    assert "correct 2" in done.stdout and "invalid_row 2" in done.stdout
+
+
+def test_sandbox_check_command():
+    done = cli("sandbox-check", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any("network namespace" in line for line in lines)
+    assert any("unprivileged uid" in line for line in lines)
+
+
+def test_bad_python_is_a_clear_error(tmp_path):
+    done = cli("sandbox-check", "--python", tmp_path / "no-such-python")
+    assert done.returncode == 2
+    assert "cannot start the sandbox interpreter" in done.stderr and "Traceback" not in done.stderr
