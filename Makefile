@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/score_cruxeval.py
 	$(BIN)/python benchmarks/score_startup.py
 	$(BIN)/python benchmarks/ios_pairs.py
+	$(BIN)/python benchmarks/hostile_corpus.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_verify)
 
     check = sub.add_parser("sandbox-check", help="show which sandbox protections this machine grants")
+    check.add_argument("--hostile", action="store_true",
+                       help="also run the hostile corpus and check that every program is contained")
     _sandbox_flags(check)
     check.set_defaults(handler=_sandbox_check)
     return parser
@@ -154,10 +156,24 @@ def _sandbox_check(args) -> int:
 
     with _sandbox(args) as sandbox:
         report = probe(sandbox)
-    width = max(len(name) for name, _, _ in report)
-    for name, active, detail in report:
-        print(f"  {'on ' if active else 'OFF'}  {name:<{width}}  {detail}")
-    return 0
+        width = max(len(name) for name, _, _ in report)
+        for name, active, detail in report:
+            print(f"  {'on ' if active else 'OFF'}  {name:<{width}}  {detail}")
+        if not args.hostile:
+            return 0
+        import tempfile
+
+        from codeio_jax.execution.hostile import run_corpus
+
+        with tempfile.TemporaryDirectory(prefix="codeio-canary-") as canary:
+            results = run_corpus(sandbox, Path(canary))
+    print("\nhostile corpus:")
+    for result in results:
+        print(f"  {'contained' if result.contained else 'ESCAPED  '}  {result.name:<36} "
+              f"{result.status}  {result.detail}")
+    contained = sum(r.contained for r in results)
+    print(f"{contained} of {len(results)} hostile programs contained")
+    return 0 if contained == len(results) else 1
 
 
 def _first_check_stamp(update):

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from codeio_jax.execution import Check, Limits, Sandbox, SandboxConfig
-from tests.execution.test_hostile import processes_with_uids, sandbox_uids
+from codeio_jax.execution.hostile import processes_with_uids
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the uid-based fallback needs root")
 LIMITS = Limits(timeout_s=1.0, memory_mb=512, processes=32)
@@ -22,7 +22,7 @@ def box():
 @pytest.fixture(autouse=True)
 def nothing_left(box):
     yield
-    uids = sandbox_uids(box)
+    uids = {p["unprivileged_uid"] for p in box.slot_protections}
     deadline = time.monotonic() + 2
     while processes_with_uids(uids) and time.monotonic() < deadline:
         time.sleep(0.05)
