@@ -39,9 +39,9 @@ def main():
                 rows.extend((r, time.perf_counter() - started) for r in results)
     print(f"hostile corpus: {len(rows)} programs (of {len(CORPUS)}; root-only ones need root)")
     print(f"benign check, median: {base * 1000:.1f} ms\n")
-    print(f"{'program':<38}{'status':<22}{'contained':<11}{'s to contain':>13}{'x benign':>10}")
+    print(f"{'program':<38}{'status':<26}{'contained':<11}{'s to contain':>13}{'x benign':>10}")
     for result, seconds in rows:
-        print(f"{result.name:<38}{result.status:<22}{'yes' if result.contained else 'NO':<11}"
+        print(f"{result.name:<38}{result.status:<26}{'yes' if result.contained else 'NO':<11}"
               f"{seconds:>13.3f}{seconds / base:>10.0f}  {result.detail}")
     contained = sum(r.contained for r, _ in rows)
     print(f"\n{contained} of {len(rows)} hostile programs contained")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ast
 
+from codeio_jax.verify.nontermination import RUNTIME, watchable_loops
+
 # Names through which the sample's code could change state that outlives one
 # check in the same process (builtins, modules, other frames).
 _REFLECTIVE_NAMES = frozenset({
@@ -86,38 +88,55 @@ def code_is_self_contained(code: str) -> bool:
     return True
 
 
-def batch_program(items: list[tuple[str, str]], timeout_s: float) -> str:
+def batch_program(items: list[tuple[str, str]], timeout_s: float, prove_loops: bool = True) -> str:
     """A program whose `__codeio_batch__()` runs each (sample code, assert line)
     as its own program, under its own deadline, and returns one [status,
-    message] per item."""
-    programs = [(code + "\n" + line, code.count("\n") + 2) for code, line in items]
-    return _BATCH_TEMPLATE.format(programs=repr(programs), timeout=float(timeout_s))
+    message] per item. prove_loops: report an endless `while` loop as a timeout
+    as soon as nontermination.py proves it, instead of waiting out the deadline."""
+    programs = [(code + "\n" + line, code.count("\n") + 2, watchable_loops(code) if prove_loops else [])
+                for code, line in items]
+    return RUNTIME + _BATCH_TEMPLATE.format(programs=repr(programs), timeout=float(timeout_s))
 
 
 _BATCH_TEMPLATE = '''
 def __codeio_batch__():
-    import signal
+    import signal, time
 
     class _Deadline(BaseException):
         pass
 
+    tick = 0.05
+    deadline = [0.0]
+    watcher = [None]
+
     def _alarm(signum, frame):
-        raise _Deadline()
+        if time.monotonic() >= deadline[0]:
+            raise _Deadline()
+        if watcher[0] is not None and not watcher[0].armed:
+            watcher[0].arm(frame)
 
     signal.signal(signal.SIGALRM, _alarm)
     results = []
-    for source, assert_line in {programs}:
+    for source, assert_line, loop_lines in {programs}:
+        watcher[0] = _Watcher(loop_lines) if loop_lines else None
+        deadline[0] = time.monotonic() + {timeout}
+        status = None
         try:
             try:
-                signal.setitimer(signal.ITIMER_REAL, {timeout})
+                if loop_lines:
+                    signal.setitimer(signal.ITIMER_REAL, tick, tick)
+                else:
+                    signal.setitimer(signal.ITIMER_REAL, {timeout})
                 exec(compile(source, "<item>", "exec"), {{"__name__": "__main__"}})
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            results.append(["passed", ""])
+                if watcher[0] is not None:
+                    watcher[0].disarm()
+            status = ["passed", ""]
         except _Deadline:
-            results.append(["timeout", "exceeded the {timeout} s limit"])
+            status = ["timeout", "exceeded the {timeout} s limit"]
         except MemoryError:
-            results.append(["memory", "out of memory"])
+            status = ["memory", "out of memory"]
         except BaseException as exc:
             tb = exc.__traceback__
             while tb is not None and tb.tb_next is not None:
@@ -125,8 +144,11 @@ def __codeio_batch__():
             at_assert = (tb is not None and tb.tb_frame.f_code.co_filename == "<item>"
                          and tb.tb_frame.f_code.co_name == "<module>" and tb.tb_lineno == assert_line)
             if isinstance(exc, AssertionError) and at_assert:
-                results.append(["failed", ""])
+                status = ["failed", ""]
             else:
-                results.append(["error:" + type(exc).__name__, str(exc)[:300]])
+                status = ["error:" + type(exc).__name__, str(exc)[:300]]
+        if watcher[0] is not None and watcher[0].repeated:
+            status = ["timeout", "never ends: a while loop came back to the same state"]
+        results.append(status)
     return results
 '''

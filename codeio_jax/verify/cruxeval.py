@@ -87,6 +87,7 @@ class ScoreReport:
     pass_at_5: float
     batched_checks: int = 0
     isolated_checks: int = 0
+    messages: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"raw_generations": self.raw_generations,
@@ -171,10 +172,11 @@ def _submit_one(sandbox: Sandbox, sample: Sample, line: str, limits: Limits):
 
 
 def _report(generations, outcomes, batched, isolated) -> ScoreReport:
-    scored, statuses, p1, p5 = {}, {}, [], []
+    scored, statuses, messages, p1, p5 = {}, {}, {}, [], []
     for sample_id, gens in generations.items():
         results = outcomes[sample_id]
         statuses[sample_id] = [o.status for o in results]
+        messages[sample_id] = [o.message for o in results]
         executed = [o.passed for o in results if o.status != "skipped"]
         if True not in executed:
             executed = [False] * len(gens)
@@ -185,4 +187,4 @@ def _report(generations, outcomes, batched, isolated) -> ScoreReport:
     count = max(1, len(generations))
     return ScoreReport(raw_generations=generations, raw_scored_generations=scored, statuses=statuses,
                        pass_at_1=100.0 * sum(p1) / count, pass_at_5=100.0 * sum(p5) / count,
-                       batched_checks=batched, isolated_checks=isolated)
+                       batched_checks=batched, isolated_checks=isolated, messages=messages)
