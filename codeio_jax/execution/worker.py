@@ -2,8 +2,10 @@
 
 This file runs as a standalone script under the interpreter the sandbox is
 configured with (the CodeI/O authors' `--python_path`), so it imports nothing
-from codeio_jax and only the standard library. The host (`pool.py`) talks to it
-over stdin/stdout with length-prefixed JSON frames.
+from codeio_jax and only the standard library, plus its two sibling modules:
+slot_isolation.py (namespaces and mounts, once) and slot_child.py (one check in
+the forked child, and its verdict). The host (`pool.py`) talks to it over
+stdin/stdout with length-prefixed JSON frames.
 
 Life of a slot:
   1. Preload the modules CodeI/O programs import, so a forked child starts warm.
@@ -26,54 +28,25 @@ this runner through interpreter introspection could forge it; what the sandbox
 guarantees against any program is containment, not an unforgeable verdict.
 """
 
-import ctypes
-import errno
 import json
 import os
 import resource
 import select
 import shutil
 import signal
-import struct
 import sys
 import time
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
+# The siblings are found next to this script; then its folder leaves sys.path,
+# so a checked program cannot import the sandbox's own modules by accident.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+from slot_child import HEADER, child_main, classify, parse_frame  # noqa: E402
+from slot_isolation import PR_SET_PDEATHSIG, isolate, libc  # noqa: E402
 
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_NOEXEC = 8
-MS_REMOUNT = 32
-MS_NOATIME = 1024
-MS_NODIRATIME = 2048
-MS_BIND = 4096
-MS_REC = 16384
-MS_PRIVATE = 1 << 18
-MS_RELATIME = 1 << 21
-MNT_DETACH = 2
-MOUNT_OPTION_FLAGS = {
-    "nosuid": MS_NOSUID,
-    "nodev": MS_NODEV,
-    "noexec": MS_NOEXEC,
-    "noatime": MS_NOATIME,
-    "nodiratime": MS_NODIRATIME,
-    "relatime": MS_RELATIME,
-}
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
-PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
-
-HEADER = struct.Struct(">I")
-CHECK_FILENAME = "<check>"
-
-libc = ctypes.CDLL(None, use_errno=True)
-
 
 # --- framing -----------------------------------------------------------------
 
@@ -105,237 +78,6 @@ def read_frame(fd):
         return None
     body = read_exact(fd, HEADER.unpack(header)[0])
     return None if body is None else json.loads(body)
-
-
-# --- isolation (once per slot) -------------------------------------------------
-
-def unshare(flags):
-    return libc.unshare(flags) == 0
-
-
-def mount(source, target, fstype, flags, data):
-    encode = lambda s: None if s is None else s.encode()
-    if libc.mount(encode(source), encode(target), encode(fstype), flags, encode(data)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {target}: {os.strerror(err)}")
-
-
-def write_proc(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def mount_points():
-    """(mount point, per-mount flags) for every mount, parents before children."""
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")
-            flags = 0
-            for option in fields[5].split(","):
-                flags |= MOUNT_OPTION_FLAGS.get(option, 0)
-            points.append((point, flags))
-    return points
-
-
-def isolate(cfg, protections):
-    """Enter new namespaces and lock the filesystem down. Returns True in the
-    process that goes on serving (the namespace's init when a PID namespace was
-    made); the outer process of a PID namespace waits for it and exits."""
-    uid = os.geteuid()
-    user_ns = False
-    if uid != 0 and cfg["namespaces"]:
-        # Unprivileged: a user namespace first, which makes the others possible.
-        gid = os.getegid()
-        if unshare(CLONE_NEWUSER):
-            write_proc("/proc/self/setgroups", "deny")
-            write_proc("/proc/self/uid_map", f"0 {uid} 1")
-            write_proc("/proc/self/gid_map", f"0 {gid} 1")
-            user_ns = True
-    protections["user_namespace"] = user_ns
-    for name, flag in (("network", CLONE_NEWNET), ("mount", CLONE_NEWNS),
-                       ("ipc", CLONE_NEWIPC), ("pid", CLONE_NEWPID)):
-        protections[f"{name}_namespace"] = bool(cfg["namespaces"]) and unshare(flag)
-
-    if protections["pid_namespace"]:
-        init = os.fork()
-        if init:
-            # Outer process: nothing to do but mirror the init's fate.
-            _, status = os.waitpid(init, 0)
-            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-    protections["read_only_root"] = False
-    protections["scratch_tmpfs"] = False
-    protections["masked_dirs"] = []
-    if protections["mount_namespace"]:
-        mount(None, "/", None, MS_REC | MS_PRIVATE, None)
-        if protections["pid_namespace"]:
-            # A /proc of our own: the host's processes (and their environments)
-            # are not even visible.
-            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-        if cfg["drop_privileges"] and os.geteuid() == 0 and not user_ns:
-            protections["masked_dirs"] = expose_interpreter(cfg["scratch_root"])
-        failed = []
-        for point, flags in mount_points():
-            try:
-                mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags, None)
-            except OSError:
-                failed.append(point)
-        protections["read_only_root"] = not failed
-        protections["read_only_failures"] = failed[:10]
-        mount("tmpfs", cfg["scratch_root"], "tmpfs", MS_NOSUID | MS_NODEV,
-              f"size={cfg['scratch_mb']}m,mode=0711")
-        protections["scratch_tmpfs"] = True
-    return True
-
-
-def expose_interpreter(staging_root):
-    """Let the unprivileged child import from the interpreter's folders.
-
-    The interpreter often lives under a folder others may not enter (/root for a
-    pyenv install). Each such folder is covered with an empty tmpfs into which only
-    the interpreter's folders are bound back, so the child can import the standard
-    library and site-packages and sees nothing else of that folder (no dotfiles,
-    no keys). Returns the folders masked this way."""
-    needed = {os.path.realpath(p) for p in [sys.prefix, sys.base_prefix, *sys.path]
-              if p and os.path.isdir(p)}
-    needed = sorted(p for p in needed
-                    if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in needed))
-    closed = {}
-    for path in needed:
-        blocker = closed_ancestor(path)
-        if blocker is not None:
-            closed.setdefault(blocker, []).append(os.path.relpath(path, blocker))
-    if not closed:
-        return []
-    mount("tmpfs", staging_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0700")
-    for i, (blocker, inner) in enumerate(sorted(closed.items())):
-        stage = os.path.join(staging_root, str(i))
-        os.mkdir(stage, 0o700)
-        mount(blocker, stage, None, MS_BIND | MS_REC, None)
-        mount("tmpfs", blocker, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-        for rel in inner:
-            target = os.path.join(blocker, rel)
-            os.makedirs(target, 0o755, exist_ok=True)
-            mount(os.path.join(stage, rel), target, None, MS_BIND | MS_REC, None)
-        libc.umount2(stage.encode(), MNT_DETACH)
-    libc.umount2(staging_root.encode(), MNT_DETACH)
-    return sorted(closed)
-
-
-def closed_ancestor(path):
-    """The topmost folder on `path` that other users cannot enter, if any."""
-    current = "/"
-    for part in path.strip("/").split("/"):
-        current = os.path.join(current, part)
-        if not os.stat(current).st_mode & 0o001:
-            return current
-    return None
-
-
-# --- one check -------------------------------------------------------------------
-
-def child_main(request, nonce, result_fd, out_fd, err_fd, workdir, cfg):
-    """Runs in the forked child; never returns. Whatever can be prepared once is
-    prepared in the slot (Slot.prepare_children), so a child only does what is
-    specific to it: its own session, its descriptors, its limits, its uid."""
-    # Bind what the runner needs before the program runs: the program shares this
-    # interpreter and may rebind os.write, json.dumps or builtins as it likes.
-    _write, _exit, _dumps, _pack = os.write, os._exit, json.dumps, HEADER.pack
-    limits = request["limits"]
-    try:
-        os.setsid()
-        os.dup2(out_fd, 1)
-        os.dup2(err_fd, 2)
-        keep_fd = 3
-        if result_fd != keep_fd:
-            os.dup2(result_fd, keep_fd)
-        os.closerange(keep_fd + 1, 1 << 20)
-        result_fd = keep_fd
-        cpu = cpu_seconds(request)
-        setrlimit = resource.setrlimit
-        setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] << 20,) * 2)
-        setrlimit(resource.RLIMIT_FSIZE, (limits["file_mb"] << 20,) * 2)
-        setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"],) * 2)
-        if cfg["uid"] is not None:
-            # RLIMIT_NPROC counts per real uid and is not enforced for root,
-            # which is why the uid drop comes with it.
-            setrlimit(resource.RLIMIT_NPROC, (limits["processes"],) * 2)
-            os.setgroups([])
-            os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
-            os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
-        os.chdir(workdir)
-    except BaseException as exc:  # the sandbox itself failed to set up: say so
-        payload = {"nonce": nonce, "ok": False, "type": "SandboxSetupError",
-                   "message": f"{type(exc).__name__}: {exc}", "line": None}
-        data = json.dumps(payload).encode()
-        os.write(result_fd, HEADER.pack(len(data)) + data)
-        os._exit(70)
-
-    payload = run_program(request, nonce)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    try:
-        data = _dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
-    except BaseException as exc:
-        data = _dumps({"nonce": nonce, "ok": False, "type": "TypeError",
-                       "message": f"the result is not JSON-serializable: {exc}"[:500],
-                       "line": None}).encode()
-    if len(data) > request["limits"]["result_bytes"]:
-        data = _dumps({"nonce": nonce, "ok": False, "type": "ValueError",
-                       "message": f"the result is {len(data)} bytes, over the "
-                                  f"{request['limits']['result_bytes']}-byte cap",
-                       "line": None}).encode()
-    try:
-        view = memoryview(_pack(len(data)) + data)
-        while view:
-            view = view[_write(result_fd, view):]
-    finally:
-        _exit(0)
-
-
-def run_program(request, nonce):
-    message_cap = request["limits"]["message_chars"]
-    try:
-        code = compile(request["source"], CHECK_FILENAME, "exec")
-        namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-        exec(code, namespace)
-        value = None
-        if request.get("entry"):
-            value = namespace[request["entry"]]()
-        return {"nonce": nonce, "ok": True, "value": value}
-    except BaseException as exc:
-        try:
-            message = str(exc)[:message_cap]
-        except BaseException:
-            message = "<unprintable exception>"
-        if isinstance(exc, SystemExit):
-            message = (f"sys.exit({message}) was called before the check finished; "
-                       "exiting early never counts as passing")
-        return {"nonce": nonce, "ok": False, "type": type(exc).__name__[:100],
-                "message": message, "line": raising_line(exc)}
-
-
-def raising_line(exc):
-    """The line of the check program's top level at which `exc` was raised
-    there, or None when it came from deeper (a function, a library)."""
-    tb = exc.__traceback__
-    last = None
-    while tb is not None:
-        last = tb
-        tb = tb.tb_next
-    if last is None:
-        return None
-    code = last.tb_frame.f_code
-    if code.co_filename == CHECK_FILENAME and code.co_name == "<module>":
-        return last.tb_lineno
-    return None
 
 
 class Slot:
@@ -567,59 +309,6 @@ def children_of(parent):
         if int(fields[1]) == parent:
             found.append(int(entry))
     return found
-
-
-def parse_frame(buf):
-    if len(buf) < HEADER.size:
-        return None
-    size = HEADER.unpack_from(buf)[0]
-    if len(buf) < HEADER.size + size:
-        return None
-    try:
-        frame = json.loads(bytes(buf[HEADER.size:HEADER.size + size]))
-    except ValueError:
-        return None
-    return frame if isinstance(frame, dict) else None
-
-
-def classify(frame, nonce, status, cpu_s, timed_out, request):
-    """Exactly one status per check."""
-    if frame is not None and frame.get("nonce") != nonce:
-        frame = None  # a forged or garbled frame counts as no frame
-    if frame is not None and frame.get("ok") and not timed_out:
-        return {"status": "passed", "value": frame.get("value"), "message": ""}
-    if timed_out:
-        return {"status": "timeout", "value": None,
-                "message": f"exceeded the {request['limits']['timeout_s']} s wall-clock limit"}
-    if frame is not None:
-        kind, message = frame.get("type", "Exception"), frame.get("message", "")
-        if kind == "MemoryError":
-            return {"status": "memory", "value": None,
-                    "message": f"exceeded the {request['limits']['memory_mb']} MiB memory limit"}
-        assert_line = request.get("assert_line")
-        if kind == "AssertionError" and assert_line is not None and frame.get("line") == assert_line:
-            return {"status": "failed", "value": None, "message": message}
-        return {"status": f"error:{kind}", "value": None, "message": message}
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        # SIGXCPU comes from the CPU rlimit, and so does the SIGKILL at its hard
-        # limit when the program ignores SIGXCPU: its CPU time tells them apart
-        # from a program that kills itself.
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_s >= cpu_seconds(request)):
-            return {"status": "timeout", "value": None,
-                    "message": f"exceeded the {cpu_seconds(request)} s CPU-time limit"}
-        name = signal.Signals(sig).name if sig in signal.Signals.__members__.values() else str(sig)
-        return {"status": f"crashed:{name}", "value": None,
-                "message": f"killed by {name} before finishing"}
-    code = os.waitstatus_to_exitcode(status)
-    return {"status": "error:SystemExit", "value": None,
-            "message": f"the program exited with code {code} before the check finished; "
-                       "exiting early never counts as passing"}
-
-
-def cpu_seconds(request):
-    """The soft RLIMIT_CPU a check runs under: its timeout, rounded up."""
-    return max(1, int(request["limits"]["timeout_s"] + 0.999))
 
 
 def serve(cfg):
