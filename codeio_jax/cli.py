@@ -108,7 +108,7 @@ def _score(args) -> int:
     total = sum(len(g) for g in generations.values())
     with _sandbox(args, timeout=args.timeout) as sandbox, _progress(total, "checks") as bar:
         report = cruxeval.score(generations, args.mode, samples, sandbox, timeout_s=args.timeout,
-                                batch=not args.no_batch, on_progress=_first_check_stamp(bar.update))
+                                batch=not args.no_batch, on_progress=_first_check_stamp(bar.count))
     _write_json(args.out, report.to_dict())
     counts = _count(s for statuses in report.statuses.values() for s in statuses)
     print(f"cruxeval {args.mode}: {len(generations)} samples, {total} generations")
@@ -130,7 +130,7 @@ def _ios(args) -> int:
                                     timeout_s=args.timeout)
     with _sandbox(args) as sandbox, _progress(None, "records") as bar:
         summary = ios_stage.run_file(source, args.out, errors_path, sandbox, settings,
-                                     on_record=lambda status: bar.update(1))
+                                     on_record=lambda status: bar.count(status, 1))
     print(f"ios: {summary.records} records in, {summary.kept} with pairs, "
           f"{summary.errors} errors, {summary.pairs} pairs")
     if summary.error_reasons:
@@ -186,11 +186,11 @@ def _first_check_stamp(update):
         return update
     stamped = []
 
-    def wrapped(count):
+    def wrapped(status, count):
         if not stamped:
             stamped.append(True)
             print(f"first check done at {time.time():.6f}", file=sys.stderr, flush=True)
-        update(count)
+        update(status, count)
 
     return wrapped
 
@@ -223,11 +223,31 @@ def _format_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {count}" for name, count in counts.items())
 
 
-def _progress(total, unit):
-    """A progress bar on stderr, imported only once work has started."""
-    from tqdm import tqdm
+class _Progress:
+    """A progress bar on stderr with counts by status, tqdm imported only once
+    work has started (so it never delays the first check)."""
 
-    return tqdm(total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+    def __init__(self, total, unit):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(),
+                        leave=False)
+        self.counts: dict[str, int] = {}
+
+    def count(self, status: str, n: int) -> None:
+        self.counts[status] = self.counts.get(status, 0) + n
+        self.bar.set_postfix_str(_format_counts(self.counts), refresh=False)
+        self.bar.update(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
+def _progress(total, unit) -> _Progress:
+    return _Progress(total, unit)
 
 
 if __name__ == "__main__":

@@ -97,12 +97,12 @@ class ScoreReport:
 
 def score(generations: dict[str, list[str]], mode: str, samples: dict[str, Sample], sandbox: Sandbox,
           timeout_s: float = TIMEOUT_S, batch: bool = True, batch_size: int = 32,
-          on_progress: Callable[[int], None] | None = None) -> ScoreReport:
+          on_progress: Callable[[str, int], None] | None = None) -> ScoreReport:
     """Score `generations` for `mode` ("input" or "output").
 
     batch: run data-only checks `batch_size` to a child, each distinct program
       once (see batching.py); off, every check gets a fresh child.
-    on_progress: called with the number of checks just finished."""
+    on_progress: called with (status, number of generations) as checks finish."""
     if mode not in MODES:
         raise ScoringError(f"mode must be one of {MODES}, got {mode!r}")
     validate_generations(generations, samples)
@@ -156,13 +156,13 @@ def score(generations: dict[str, list[str]], mode: str, samples: dict[str, Sampl
                 outcomes[sample_id][i] = Outcome(status=status, message=message)
             batched += len(group)
             if on_progress:
-                on_progress(len(group))
+                on_progress(status, len(group))
     for sample_id, group, future in isolated:
         outcome = future.result()
         for i in group:
             outcomes[sample_id][i] = outcome
         if on_progress:
-            on_progress(len(group))
+            on_progress(outcome.status, len(group))
     return _report(generations, outcomes, batched, len(isolated))
 
 
