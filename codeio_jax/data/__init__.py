@@ -1,0 +1,1 @@
+"""The data stages and their drivers, and the embedded corpus."""

@@ -1,0 +1,1 @@
+"""Execution-verified judging: answer extraction, comparison, verdicts, benchmark scoring."""
