@@ -37,12 +37,10 @@ def baseline(records, settings, workdir):
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONHASHSEED": "0"}
     scripts = []
     for i, record in enumerate(records):
-        if record.input_generator:
-            program, entry = ios.generator_program(record, settings), "__codeio_ios__"
-        else:
-            program, entry = ios.replay_program(record, settings), "__codeio_replay__"
+        make = ios.generator_check if record.input_generator else ios.replay_check
+        check = make(record, settings)
         path = workdir / f"record_{i}.py"
-        path.write_text(f"{program}\n\nimport json\nprint(json.dumps({entry}()))\n")
+        path.write_text(f"{check.prelude}\n\n{check.source}\n\nimport json\nprint(json.dumps({check.entry}()))\n")
         scripts.append((record.id, path))
 
     def run(item):

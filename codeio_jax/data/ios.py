@@ -63,21 +63,28 @@ def record_seed(seed: int, record_id: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def generator_program(record: UnifiedRecord, settings: IOSettings) -> str:
-    return "\n\n".join([
-        record.refcode,
-        record.input_generator or "",
-        _SIZE_CHECK.format(**dataclasses.asdict(settings.sizes)),
-        _GENERATE.format(seed=record_seed(settings.seed, record.id), max_calls=settings.max_calls,
-                         max_pairs=settings.max_pairs, budget_s=0.8 * settings.timeout_s,
-                         funcname=record.funcname),
-    ])
+def generator_check(record: UnifiedRecord, settings: IOSettings, limits: Limits | None = None) -> Check:
+    """The record's code and generator, run by the fixed harness `_GENERATE`
+    (a prelude: compiled once per sandbox slot) with this record's parameters."""
+    params = {"seed": record_seed(settings.seed, record.id), "max_calls": settings.max_calls,
+              "max_pairs": settings.max_pairs, "budget_s": 0.8 * settings.timeout_s,
+              "funcname": record.funcname, "sizes": dataclasses.asdict(settings.sizes)}
+    return Check(_with_params(record.refcode, record.input_generator or "", params),
+                 entry="__codeio_ios__", limits=limits, prelude=_GENERATE)
 
 
-def replay_program(record: UnifiedRecord, settings: IOSettings) -> str:
-    inputs = json.dumps([pair.input for pair in record.ios], ensure_ascii=False)
-    return "\n\n".join([record.refcode, _REPLAY.format(
-        inputs=inputs, funcname=record.funcname, seed=record_seed(settings.seed, record.id))])
+def replay_check(record: UnifiedRecord, settings: IOSettings, limits: Limits | None = None) -> Check:
+    """The record's code, run by the fixed harness `_REPLAY` on its recorded inputs."""
+    params = {"seed": record_seed(settings.seed, record.id), "funcname": record.funcname,
+              "inputs": [pair.input for pair in record.ios]}
+    return Check(_with_params(record.refcode, params), entry="__codeio_replay__", limits=limits,
+                 prelude=_REPLAY)
+
+
+def _with_params(*parts) -> str:
+    *code, params = parts
+    text = json.dumps(params, ensure_ascii=False)
+    return "\n\n".join([*code, f"__codeio_params__ = {text!r}\n"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,11 +104,8 @@ class IOResult:
 
 def submit(record: UnifiedRecord, sandbox: Sandbox, settings: IOSettings):
     limits = Limits(timeout_s=settings.timeout_s, memory_mb=settings.memory_mb)
-    if record.input_generator:
-        check = Check(generator_program(record, settings), entry="__codeio_ios__", limits=limits)
-    else:
-        check = Check(replay_program(record, settings), entry="__codeio_replay__", limits=limits)
-    return sandbox.submit(check)
+    make = generator_check if record.input_generator else replay_check
+    return sandbox.submit(make(record, settings, limits))
 
 
 def judge(record: UnifiedRecord, line: int, outcome, settings: IOSettings) -> IOResult:
@@ -237,50 +241,55 @@ def _no_pair_reason(calls: int, rejected: dict) -> str:
     return f"no pair: none of {calls} generated inputs gave a pair within the limits: {detail or 'none'}"
 
 
-# The programs below run inside the sandbox, after the record's own code.
+# The harnesses below run inside the sandbox as preludes: the record's code then
+# defines its functions and `__codeio_params__` (JSON text) in the same namespace.
 
-_SIZE_CHECK = '''
-def __codeio_too_big__(value):
+_GENERATE = '''
+def __codeio_too_big__(value, sizes):
     """Why `value` breaks the size limits, or None."""
+    import json
     if isinstance(value, str):
-        return "string of 100+ characters" if len(value) >= {string_chars} else None
+        if len(value) >= sizes["string_chars"]:
+            return "string of %d+ characters" % sizes["string_chars"]
+        return None
     if isinstance(value, (list, tuple, set, dict)):
-        if len(value) >= {container_items}:
-            return "container of 20+ items"
+        if len(value) >= sizes["container_items"]:
+            return "container of %d+ items" % sizes["container_items"]
         items = list(value.items()) if isinstance(value, dict) else value
         for item in items:
-            found = __codeio_too_big__(item)
+            found = __codeio_too_big__(item, sizes)
             if found:
                 return found
         return None
-    import json
-    if len(json.dumps(value)) >= {scalar_bytes}:
-        return "scalar of 128+ bytes"
+    if len(json.dumps(value)) >= sizes["scalar_bytes"]:
+        return "scalar of %d+ bytes" % sizes["scalar_bytes"]
     return None
 
 
-__codeio_pair_bytes__ = {pair_bytes}
-'''
-
-_GENERATE = '''
 def __codeio_ios__():
     import json, random, time
-    random.seed({seed})
-    deadline = time.monotonic() + {budget_s}
-    pairs, seen, rejected, calls = [], set(), {{}}, 0
+    params = json.loads(__codeio_params__)
+    sizes, funcname = params["sizes"], params["funcname"]
+    solve, generate = globals().get(funcname), globals().get("input_generator")
+    for name, found in ((funcname, solve), ("input_generator", generate)):
+        if not callable(found):
+            return {"error": "the record's code does not define a function `%s`" % name}
+    random.seed(params["seed"])
+    deadline = time.monotonic() + params["budget_s"]
+    pairs, seen, rejected, calls = [], set(), {}, 0
 
     def reject(reason):
         rejected[reason] = rejected.get(reason, 0) + 1
 
-    while calls < {max_calls} and len(pairs) < {max_pairs} and time.monotonic() < deadline:
+    while calls < params["max_calls"] and len(pairs) < params["max_pairs"] and time.monotonic() < deadline:
         calls += 1
         try:
-            kwargs = input_generator()
+            kwargs = generate()
         except Exception as exc:
-            return {{"error": "input_generator raised %s: %s" % (type(exc).__name__, str(exc)[:300])}}
+            return {"error": "input_generator raised %s: %s" % (type(exc).__name__, str(exc)[:300])}
         if not isinstance(kwargs, dict):
-            return {{"error": "input_generator must return a dict of keyword arguments, got %s"
-                              % type(kwargs).__name__}}
+            return {"error": "input_generator must return a dict of keyword arguments, got %s"
+                             % type(kwargs).__name__}
         try:
             input_text = json.dumps(kwargs, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError):
@@ -291,14 +300,14 @@ def __codeio_ios__():
             continue
         seen.add(input_text)
         kwargs = json.loads(input_text)
-        too_big = __codeio_too_big__(kwargs)
+        too_big = __codeio_too_big__(kwargs, sizes)
         if too_big:
             reject("input has a " + too_big)
             continue
         try:
-            output = {funcname}(**json.loads(input_text))
+            output = solve(**json.loads(input_text))
         except Exception as exc:
-            reject("{funcname} raised " + type(exc).__name__)
+            reject(funcname + " raised " + type(exc).__name__)
             continue
         if output is None:
             reject("output is None")
@@ -308,26 +317,30 @@ def __codeio_ios__():
         except (TypeError, ValueError):
             reject("output not JSON-serializable")
             continue
-        too_big = __codeio_too_big__(output)
+        too_big = __codeio_too_big__(output, sizes)
         if too_big:
             reject("output has a " + too_big)
             continue
-        pair = {{"input": kwargs, "output": output}}
-        if len(json.dumps(pair).encode()) >= __codeio_pair_bytes__:
-            reject("pair of 1 KiB or more")
+        pair = {"input": kwargs, "output": output}
+        if len(json.dumps(pair).encode()) >= sizes["pair_bytes"]:
+            reject("pair of %d bytes or more" % sizes["pair_bytes"])
             continue
         pairs.append(pair)
-    return {{"pairs": pairs, "calls": calls, "rejected": rejected}}
+    return {"pairs": pairs, "calls": calls, "rejected": rejected}
 '''
 
 _REPLAY = '''
 def __codeio_replay__():
     import json, random
-    random.seed({seed})  # code that draws random numbers replays the same way every time
+    params = json.loads(__codeio_params__)
+    solve = globals().get(params["funcname"])
+    if not callable(solve):
+        raise NameError("the record's code does not define a function `%s`" % params["funcname"])
+    random.seed(params["seed"])  # code that draws random numbers replays the same way every time
     results = []
-    for kwargs in json.loads({inputs!r}):
+    for kwargs in params["inputs"]:
         try:
-            output = json.loads(json.dumps({funcname}(**kwargs), allow_nan=False))
+            output = json.loads(json.dumps(solve(**kwargs), allow_nan=False))
             results.append([True, output])
         except Exception as exc:
             results.append([False, type(exc).__name__])

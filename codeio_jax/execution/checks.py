@@ -56,15 +56,19 @@ class Check:
       the check; an AssertionError raised exactly there is `failed` (the program
       ran, the answer is wrong), anywhere else it is an error.
     limits: overrides the sandbox's default limits for this check.
+    prelude: code run first, in the same namespace: harness code that many checks
+      share. Each slot compiles a prelude once, before forking, so checks that
+      share it do not pay for compiling it.
     """
 
     source: str
     entry: str | None = None
     assert_line: int | None = None
     limits: Limits | None = None
+    prelude: str | None = None
 
     def needs(self) -> list[str]:
-        imported = set(_IMPORT_RE.findall(self.source))
+        imported = set(_IMPORT_RE.findall(self.source + "\n" + (self.prelude or "")))
         return [name for name in ON_DEMAND_MODULES if name in imported]
 
 

@@ -273,6 +273,7 @@ class Sandbox:
         limits = check.limits or self.config.limits
         return {
             "source": check.source,
+            "prelude": check.prelude,
             "entry": check.entry,
             "assert_line": check.assert_line,
             "needs": check.needs(),

@@ -14,6 +14,7 @@ import sys
 
 HEADER = struct.Struct(">I")
 CHECK_FILENAME = "<check>"
+PRELUDE_FILENAME = "<prelude>"
 
 
 def child_main(request, nonce, result_fd, out_fd, err_fd, workdir, cfg):
@@ -82,8 +83,11 @@ def child_main(request, nonce, result_fd, out_fd, err_fd, workdir, cfg):
 def run_program(request, nonce):
     message_cap = request["limits"]["message_chars"]
     try:
-        code = compile(request["source"], CHECK_FILENAME, "exec")
         namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        if request.get("prelude"):
+            prelude = request.get("prelude_code") or compile(request["prelude"], PRELUDE_FILENAME, "exec")
+            exec(prelude, namespace)
+        code = compile(request["source"], CHECK_FILENAME, "exec")
         exec(code, namespace)
         value = None
         if request.get("entry"):

@@ -40,7 +40,7 @@ import time
 # The siblings are found next to this script; then its folder leaves sys.path,
 # so a checked program cannot import the sandbox's own modules by accident.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-from slot_child import HEADER, child_main, classify, parse_frame  # noqa: E402
+from slot_child import HEADER, PRELUDE_FILENAME, child_main, classify, parse_frame  # noqa: E402
 from slot_isolation import PR_SET_PDEATHSIG, isolate, libc  # noqa: E402
 
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
@@ -96,6 +96,7 @@ class Slot:
             # Orphans of a check get reparented to us, so we can find and reap them.
             libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.loaded = set(sys.modules)
+        self.preludes = {}
         self.prepare_children()
 
     def prepare_children(self):
@@ -129,8 +130,23 @@ class Slot:
                 except Exception:
                     pass  # the program's own import will raise and name the module
 
+    def compiled_prelude(self, text):
+        """The prelude's code object, compiled once per slot (children inherit
+        it through fork); None when it does not compile, and the child then
+        compiles it itself and reports the error."""
+        if text not in self.preludes:
+            if len(self.preludes) >= 64:
+                self.preludes.pop(next(iter(self.preludes)))
+            try:
+                self.preludes[text] = compile(text, PRELUDE_FILENAME, "exec")
+            except (SyntaxError, ValueError):
+                self.preludes[text] = None
+        return self.preludes[text]
+
     def run(self, request):
         self.preload(request.get("needs", ()))
+        if request.get("prelude"):
+            request["prelude_code"] = self.compiled_prelude(request["prelude"])
         limits = request["limits"]
         nonce = os.urandom(16).hex()
         self.reset_workdir()
