@@ -16,6 +16,7 @@ import json
 import os
 import queue
 import secrets
+import select
 import shutil
 import struct
 import subprocess
@@ -51,6 +52,8 @@ class SandboxConfig:
       or for measuring what they cost; the default takes every protection the
       kernel allows.
     scratch_mb: size of each slot's private tmpfs (when a mount namespace exists).
+    start_timeout_s: how long a slot may take to start (import its preloads and
+      isolate itself) before the sandbox gives up with an error.
     """
 
     workers: int | None = None
@@ -115,6 +118,11 @@ class _Slot:
             raise SandboxError(f"cannot start the sandbox interpreter {self.config.python!r}: {exc}") from exc
 
     def handshake(self) -> None:
+        ready, _, _ = select.select([self.process.stdout], [], [], self.config.start_timeout_s)
+        if not ready:
+            self.process.kill()
+            raise SandboxError(f"sandbox slot {self.index} did not start within "
+                               f"{self.config.start_timeout_s} s")
         reply = self._read()
         if reply is None or not reply.get("ready"):
             detail = self._stderr_tail()

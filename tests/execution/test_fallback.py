@@ -56,3 +56,4 @@ def test_fork_bomb_and_memory_and_time(box):
     assert box.run(Check("x = bytearray(4 << 30)")).status == "memory"
     assert box.run(Check("while True:\n    pass")).status == "timeout"
     assert box.run(Check("import os\nos._exit(0)")).status == "error:SystemExit"
+
