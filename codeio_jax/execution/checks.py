@@ -14,9 +14,13 @@ SKIPPED = "skipped"
 ERROR_PREFIX = "error:"
 CRASHED_PREFIX = "crashed:"
 
-# Modules whose import a check announces by naming them; the slot imports them
-# once, before forking, instead of every child paying for it.
-ON_DEMAND_MODULES = ("numpy",)
+# Modules a slot imports once, before forking, as soon as a check imports them,
+# instead of every such child paying for the import. An allowlist: a module
+# imported into the slot itself must have no side effects beyond loading.
+ON_DEMAND_MODULES = (
+    "numpy", "scipy", "pandas", "sympy", "sklearn", "nltk", "unittest", "queue", "enum",
+    "dataclasses", "statistics", "fractions", "decimal",
+)
 _IMPORT_RE = re.compile(r"^\s*(?:import|from)\s+([A-Za-z_][\w]*)", re.MULTILINE)
 
 

@@ -28,10 +28,11 @@ from typing import Callable, Iterable
 
 from codeio_jax.execution.checks import Check, Limits, Outcome
 
+# What CodeI/O programs import most. Every module preloaded makes each fork a
+# little dearer, so rarer ones are loaded on demand (checks.ON_DEMAND_MODULES).
 DEFAULT_PRELOAD = (
     "itertools", "math", "collections", "heapq", "bisect", "functools", "re", "json",
-    "random", "string", "datetime", "copy", "operator", "typing", "statistics",
-    "fractions", "decimal",
+    "random", "string", "datetime", "copy", "operator", "typing",
 )
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")
 _HEADER = struct.Struct(">I")
