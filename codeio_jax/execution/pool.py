@@ -162,7 +162,7 @@ class _Slot:
         return "crashed:WORKER"
 
     def _write(self, obj: dict) -> None:
-        data = json.dumps(obj).encode("utf-8", "surrogatepass")
+        data = json.dumps(obj).encode("ascii")
         self.process.stdin.write(_HEADER.pack(len(data)) + data)
 
     def _read(self) -> dict | None:

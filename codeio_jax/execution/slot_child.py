@@ -62,7 +62,8 @@ def child_main(request, nonce, result_fd, out_fd, err_fd, workdir, cfg):
         except BaseException:
             pass
     try:
-        data = _dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
+        # ASCII with escapes: a lone surrogate in a result stays valid JSON text.
+        data = _dumps(payload, allow_nan=False).encode("ascii")
     except BaseException as exc:
         data = _dumps({"nonce": nonce, "ok": False, "type": "TypeError",
                        "message": f"the result is not JSON-serializable: {exc}"[:500],

@@ -51,7 +51,7 @@ PR_SET_CHILD_SUBREAPER = 36
 # --- framing -----------------------------------------------------------------
 
 def write_frame(fd, obj):
-    data = json.dumps(obj, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    data = json.dumps(obj).encode("ascii")  # escapes keep lone surrogates valid JSON
     write_all(fd, HEADER.pack(len(data)) + data)
 
 

@@ -69,8 +69,10 @@ def test_scratch_is_fresh_for_each_check(box):
 
 
 @pytest.mark.parametrize("source", ["import os, signal\nos.killpg(0, signal.SIGKILL)",
-                                    "import os, signal\nos.kill(-1, signal.SIGKILL)\nimport time\ntime.sleep(0.5)"])
-def test_killing_the_group_or_everything_spares_the_neighbour(box, source):
+                                    "import os, signal\nos.kill(-1, signal.SIGKILL)\nimport time\ntime.sleep(0.5)",
+                                    "import os\nwhile True:\n    os.fork()"],
+                         ids=["killpg", "kill -1", "fork bomb"])
+def test_a_hostile_check_spares_the_neighbour(box, source):
     neighbour = box.submit(Check("import time\ntime.sleep(0.7)\nx = 1", limits=LIMITS))
     time.sleep(0.1)
     run(box, source)

@@ -58,3 +58,11 @@ def test_bad_limits_are_refused():
         Limits(timeout_s=0)
     with pytest.raises(ValueError, match="workers must be at least 1"):
         SandboxConfig(workers=0).worker_count()
+
+
+def test_any_string_survives_the_trip(sandbox):
+    source = "def __v__():\n    print('caf\\u00e9 \\ud800')\n    return ['\\ud800', 'caf\\u00e9', '\\x00']"
+    outcome = sandbox.run(Check(source, entry="__v__"))
+    assert outcome.status == "passed", outcome
+    assert outcome.value == ["\ud800", "café", "\x00"]
+    assert outcome.stdout.startswith("café ")
