@@ -247,20 +247,22 @@ def _no_pair_reason(calls: int, rejected: dict) -> str:
 _GENERATE = '''
 def __codeio_too_big__(value, sizes):
     """Why `value` breaks the size limits, or None."""
-    import json
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         if len(value) >= sizes["string_chars"]:
             return "string of %d+ characters" % sizes["string_chars"]
         return None
-    if isinstance(value, (list, tuple, set, dict)):
+    if kind in (list, tuple, set, dict):
         if len(value) >= sizes["container_items"]:
             return "container of %d+ items" % sizes["container_items"]
-        items = list(value.items()) if isinstance(value, dict) else value
-        for item in items:
+        for item in (value.items() if kind is dict else value):
             found = __codeio_too_big__(item, sizes)
             if found:
                 return found
         return None
+    if kind is bool or value is None:
+        return None
+    import json
     if len(json.dumps(value)) >= sizes["scalar_bytes"]:
         return "scalar of %d+ bytes" % sizes["scalar_bytes"]
     return None
@@ -313,19 +315,21 @@ def __codeio_ios__():
             reject("output is None")
             continue
         try:
-            output = json.loads(json.dumps(output, allow_nan=False))
+            output_text = json.dumps(output, allow_nan=False)
         except (TypeError, ValueError):
             reject("output not JSON-serializable")
             continue
+        output = json.loads(output_text)
         too_big = __codeio_too_big__(output, sizes)
         if too_big:
             reject("output has a " + too_big)
             continue
-        pair = {"input": kwargs, "output": output}
-        if len(json.dumps(pair).encode()) >= sizes["pair_bytes"]:
+        # The size of json.dumps({"input": ..., "output": ...}), ASCII-escaped
+        # so characters are bytes: the two texts and 23 characters around them.
+        if len(input_text) + len(output_text) + 23 >= sizes["pair_bytes"]:
             reject("pair of %d bytes or more" % sizes["pair_bytes"])
             continue
-        pairs.append(pair)
+        pairs.append({"input": kwargs, "output": output})
     return {"pairs": pairs, "calls": calls, "rejected": rejected}
 '''
 
