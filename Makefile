@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/score_startup.py
 	$(BIN)/python benchmarks/ios_pairs.py
 	$(BIN)/python benchmarks/hostile_corpus.py
+	$(BIN)/python benchmarks/teacher_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
