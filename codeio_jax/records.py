@@ -149,15 +149,21 @@ def read_jsonl(path: str | Path, max_line_bytes: int = 4 << 20) -> Iterator[tupl
 
 
 def read_unified(path: str | Path) -> Iterator[UnifiedRecord | LineError]:
+    for _, item in read_unified_numbered(path):
+        yield item
+
+
+def read_unified_numbered(path: str | Path) -> Iterator[tuple[int, UnifiedRecord | LineError]]:
+    """(line number, record or LineError) for every non-blank line."""
     for item in read_jsonl(path):
         if isinstance(item, LineError):
-            yield item
+            yield item.line, item
             continue
         number, row = item
         try:
-            yield UnifiedRecord.from_dict(row, where=f"line {number}")
+            yield number, UnifiedRecord.from_dict(row, where=f"line {number}")
         except RecordError as exc:
-            yield LineError(number, str(exc), row.get("id") if isinstance(row, dict) else None)
+            yield number, LineError(number, str(exc), row.get("id") if isinstance(row, dict) else None)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:

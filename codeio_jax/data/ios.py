@@ -20,13 +20,15 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
+import itertools
 import json
 import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from codeio_jax.execution import Check, Limits, Sandbox
-from codeio_jax.records import LineError, UnifiedRecord, read_unified
+from codeio_jax.data.driver import Result, fingerprint, run_resumable
+from codeio_jax.records import LineError, UnifiedRecord, read_unified_numbered
 from codeio_jax.verify.compare import values_match
 
 DEFAULT_CORPUS = Path(__file__).with_name("corpus") / "default.jsonl"
@@ -141,19 +143,24 @@ def judge(record: UnifiedRecord, line: int, outcome, settings: IOSettings) -> IO
     return IOResult(record.id, line, row=row)
 
 
-def generate(items: Iterable[UnifiedRecord | LineError], sandbox: Sandbox, settings: IOSettings,
-             in_flight: int | None = None, buffered: int = 1000) -> Iterator[IOResult]:
-    """Results in input order. At most `in_flight` records run at once; finished
-    ones wait (up to `buffered`) behind a slow record instead of idling the pool."""
+def numbered(records: Iterable[UnifiedRecord]) -> Iterator[tuple[int, UnifiedRecord]]:
+    """Records held in memory, numbered as the lines of a file would be."""
+    return enumerate(records, start=1)
+
+
+def generate(items: Iterable[tuple[int, UnifiedRecord | LineError]], sandbox: Sandbox,
+             settings: IOSettings, in_flight: int | None = None,
+             buffered: int = 1000) -> Iterator[IOResult]:
+    """Results in input order, for (line number, record or LineError) items. At
+    most `in_flight` records run at once; finished ones wait (up to `buffered`)
+    behind a slow record instead of idling the pool."""
     in_flight = in_flight or 4 * sandbox.workers
     pending: collections.deque = collections.deque()
-    index = 0
-    for item in items:
-        index += 1
+    for line, item in items:
         if isinstance(item, LineError):
             pending.append((None, item, None))
         else:
-            pending.append((item, index, submit(item, sandbox, settings)))
+            pending.append((item, line, submit(item, sandbox, settings)))
         while True:
             while pending and (pending[0][2] is None or pending[0][2].done()):
                 yield _finish(pending.popleft(), settings)
@@ -184,27 +191,25 @@ class IOSummary:
 def run_file(source: str | Path, dest: str | Path, errors_dest: str | Path, sandbox: Sandbox,
              settings: IOSettings, on_record: Callable[[str], None] | None = None) -> IOSummary:
     """Stream unified records from `source` into `dest` (records with pairs) and
-    `errors_dest` (error records); both written whole or not at all."""
+    `errors_dest` (error records), resumable after an interruption (driver.py);
+    the summary counts the finished files, whatever run made them."""
+
+    def results_from(skip: int) -> Iterator[Result]:
+        items = itertools.islice(read_unified_numbered(source), skip, None)
+        for result in generate(items, sandbox, settings):
+            yield Result(result.row is not None, result.to_dict())
+
+    report = (lambda result: on_record("kept" if result.ok else "error")) if on_record else None
+    run_resumable(dest, errors_dest, fingerprint(source, STAGE, settings), results_from, report)
     summary = IOSummary()
     reasons: collections.Counter = collections.Counter()
-    dest, errors_dest = Path(dest), Path(errors_dest)
-    tmp_out = dest.with_name(dest.name + ".partial")
-    tmp_err = errors_dest.with_name(errors_dest.name + ".partial")
-    with open(tmp_out, "w", encoding="utf-8") as out, open(tmp_err, "w", encoding="utf-8") as err:
-        for result in generate(read_unified(source), sandbox, settings):
-            summary.records += 1
-            if result.row is not None:
-                summary.kept += 1
-                summary.pairs += len(result.row["ios"])
-                out.write(json.dumps(result.row, ensure_ascii=False) + "\n")
-            else:
-                summary.errors += 1
-                reasons[reason_kind(result.error)] += 1
-                err.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
-            if on_record:
-                on_record("kept" if result.row is not None else "error")
-    tmp_out.replace(dest)
-    tmp_err.replace(errors_dest)
+    for line in Path(dest).read_text(encoding="utf-8").splitlines():
+        summary.kept += 1
+        summary.pairs += len(json.loads(line)["ios"])
+    for line in Path(errors_dest).read_text(encoding="utf-8").splitlines():
+        summary.errors += 1
+        reasons[reason_kind(json.loads(line)["error"])] += 1
+    summary.records = summary.kept + summary.errors
     summary.error_reasons = dict(reasons.most_common())
     return summary
 

@@ -34,7 +34,7 @@ def record(**changes):
 
 
 def run(records, sandbox, **settings):
-    return list(ios.generate(records, sandbox, ios.IOSettings(**{"timeout_s": 5.0, **settings})))
+    return list(ios.generate(ios.numbered(records), sandbox, ios.IOSettings(**{"timeout_s": 5.0, **settings})))
 
 
 def test_pairs_are_distinct_reproducible_and_within_limits(sandbox):

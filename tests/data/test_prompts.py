@@ -47,7 +47,7 @@ def test_parse_transform_reply(corpus, heading):
 def test_parsed_reply_runs_through_the_ios_stage(corpus, sandbox):
     parsed = parse_transform_reply(reply_for(corpus["josephus_survivor"]))
     record = UnifiedRecord.from_dict({**parsed, "id": "from_teacher"})
-    (result,) = ios.generate([record], sandbox, ios.IOSettings(timeout_s=5.0))
+    (result,) = ios.generate(ios.numbered([record]), sandbox, ios.IOSettings(timeout_s=5.0))
     assert result.error is None and len(result.row["ios"]) == 10
 
 
@@ -65,7 +65,7 @@ def test_parse_transform_reply_says_what_is_wrong(corpus, mutate, message):
 
 def test_prediction_prompts(corpus, sandbox):
     source = corpus["run_length_encoding"]
-    (result,) = ios.generate([source], sandbox, ios.IOSettings(timeout_s=5.0))
+    (result,) = ios.generate(ios.numbered([source]), sandbox, ios.IOSettings(timeout_s=5.0))
     record = UnifiedRecord.from_dict(result.row)
     prompts = prediction_prompts(record, seed=0)
     assert [p.task for p in prompts] == [OUTPUT_PREDICTION] * 3 + [INPUT_PREDICTION] * 3

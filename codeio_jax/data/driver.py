@@ -1,0 +1,133 @@
+"""The local driver: a stage over JSONL, resumable after kill -9 at any moment.
+
+Results are appended, in input order, to a journal next to the output, one
+line per input item, each with a single write. A rerun reads the journal,
+drops a line torn by the kill, and carries on after the last complete one.
+Once every item is in, the output and error files are written from the journal
+(each to a .partial file, then renamed), a `.done` marker records what produced
+them, and the journal goes. Since the files are made from the journal alone, an
+interrupted and resumed run ends byte for byte where an uninterrupted one does,
+with no item twice and none missing. A journal or marker from other input or
+other settings (another fingerprint) is ignored and the stage starts over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One input item's outcome: a row for the output, or an error row."""
+
+    ok: bool
+    row: dict
+
+
+@dataclasses.dataclass
+class Summary:
+    items: int = 0
+    ok: int = 0
+    errors: int = 0
+    resumed_at: int = 0  # items found already done in the journal
+    already_done: bool = False
+
+
+def fingerprint(source: str | Path, stage: str, settings: object) -> str:
+    """What the outputs depend on: the input's bytes, the stage and its settings."""
+    digest = hashlib.sha256(f"{stage}\0{settings!r}\0".encode())
+    with open(source, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_resumable(dest: str | Path, errors_dest: str | Path, run_id: str,
+                  results_from: Callable[[int], Iterator[Result]],
+                  on_result: Callable[[Result], None] | None = None) -> Summary:
+    """Run a stage whose `results_from(k)` yields the results of the input items
+    after the first k, in order. `run_id` is the run's fingerprint."""
+    dest, errors_dest = Path(dest), Path(errors_dest)
+    journal = dest.with_name(dest.name + ".journal")
+    marker = dest.with_name(dest.name + ".done")
+    if marker.exists() and not journal.exists() and dest.exists() and errors_dest.exists():
+        if marker.read_text().strip() == run_id:
+            return _summary_of_files(dest, errors_dest)
+    marker.unlink(missing_ok=True)
+    done = _recover(journal, run_id)
+    summary = Summary(resumed_at=done)
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if done == 0 and os.fstat(fd).st_size == 0:
+            os.write(fd, (json.dumps({"fingerprint": run_id}) + "\n").encode())
+        for result in results_from(done):
+            line = json.dumps({"ok": result.ok, "row": result.row}, ensure_ascii=False) + "\n"
+            os.write(fd, line.encode("utf-8", "surrogatepass"))
+            if on_result:
+                on_result(result)
+    finally:
+        os.close(fd)
+    _finish(journal, dest, errors_dest, marker, run_id, summary)
+    return summary
+
+
+def _recover(journal: Path, run_id: str) -> int:
+    """How many items the journal holds; a torn last line is cut off, and a
+    journal of another run is discarded."""
+    if not journal.exists():
+        return 0
+    with open(journal, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    complete = lines[:-1]  # whatever follows the last newline is torn
+    try:
+        header = json.loads(complete[0]) if complete else None
+    except ValueError:
+        header = None
+    if not header or header.get("fingerprint") != run_id:
+        journal.unlink()
+        return 0
+    good = 1
+    for line in complete[1:]:
+        try:
+            json.loads(line)
+        except ValueError:
+            break
+        good += 1
+    keep = sum(len(line) + 1 for line in complete[:good])
+    if keep != len(data):
+        os.truncate(journal, keep)
+    return good - 1
+
+
+def _finish(journal: Path, dest: Path, errors_dest: Path, marker: Path, run_id: str,
+            summary: Summary) -> None:
+    tmp_out = dest.with_name(dest.name + ".partial")
+    tmp_err = errors_dest.with_name(errors_dest.name + ".partial")
+    with open(journal, "rb") as source, open(tmp_out, "w", encoding="utf-8") as out, \
+            open(tmp_err, "w", encoding="utf-8") as err:
+        next(source)  # the fingerprint
+        for raw in source:
+            entry = json.loads(raw)
+            summary.items += 1
+            if entry["ok"]:
+                summary.ok += 1
+                out.write(json.dumps(entry["row"], ensure_ascii=False) + "\n")
+            else:
+                summary.errors += 1
+                err.write(json.dumps(entry["row"], ensure_ascii=False) + "\n")
+    tmp_out.replace(dest)
+    tmp_err.replace(errors_dest)
+    marker.write_text(run_id + "\n")
+    journal.unlink()
+
+
+def _summary_of_files(dest: Path, errors_dest: Path) -> Summary:
+    count = lambda path: sum(1 for line in open(path, "rb") if line.strip())
+    ok, errors = count(dest), count(errors_dest)
+    return Summary(items=ok + errors, ok=ok, errors=errors, already_done=True)
