@@ -114,6 +114,14 @@ def judge(record: UnifiedRecord, line: int, outcome, settings: IOSettings) -> IO
     if not outcome.passed:
         return IOResult(record.id, line, error=_failure_reason(outcome, record))
     value = outcome.value
+    expected = dict if record.input_generator else list
+    malformed = not isinstance(value, expected) or (
+        len(value) != len(record.ios) if expected is list
+        else not ({"pairs", "calls", "rejected"} <= value.keys() or "error" in value))
+    if malformed:
+        # Only a record that redefines the harness's own names gets here.
+        return IOResult(record.id, line, error="the record's code interfered with the harness: "
+                                                f"it returned {type(value).__name__}")
     if record.input_generator:
         if "error" in value:
             return IOResult(record.id, line, error=value["error"])

@@ -96,6 +96,10 @@ def test_size_limits_are_the_papers(sandbox):
      "missing module 'not_a_module_anywhere'"),
     ({"refcode": "def main_solution(coins, amount)\n    return 1\n"}, "does not parse"),
     ({"refcode": "import os\ndef main_solution(**kw):\n    os._exit(0)\n"}, "SystemExit"),
+    ({"input_generator": "def input_generator():\n    return {}\ndef __codeio_ios__():\n    return 42\n"},
+     "interfered with the harness"),
+    ({"input_generator": "def input_generator():\n    return {}\ndef __codeio_ios__():\n    return {}\n"},
+     "interfered with the harness"),
 ])
 def test_failures_become_error_records(sandbox, changes, reason):
     (result,) = run([record(**changes)], sandbox, timeout_s=2.0)
