@@ -6,6 +6,8 @@
 3. Generate I/O pairs for the embedded corpus, and replay the CodeI/O authors'
    464 parsed records to see how many of their pairs re-execute the same.
 4. Verify model-style replies for the generated pairs (right and wrong ones).
+5. Let the trace teacher answer a prediction prompt of each kind per record,
+   and verify every answer.
 
 Later issues grow this into the main job (pipeline, training, evaluation).
 """
@@ -20,7 +22,9 @@ from pathlib import Path
 
 from codeio_jax.data import ios
 from codeio_jax.execution import Sandbox, SandboxConfig
-from codeio_jax.records import read_unified
+from codeio_jax.data.prompts import prediction_prompts
+from codeio_jax.records import OUTPUT_PREDICTION, read_unified
+from codeio_jax.teachers.trace import TraceTeacher
 from codeio_jax.verify import cruxeval
 from codeio_jax.verify.synthetic import perturbed_generations
 from codeio_jax.verify.verdicts import InputPrediction, verify_input_predictions, verify_output_prediction
@@ -50,6 +54,7 @@ def main() -> int:
         print(f"ios, embedded corpus: {summary.records} records -> {summary.kept} with "
               f"{summary.pairs} pairs, {summary.errors} errors ({time.perf_counter() - t:.1f} s)")
         _verify(sandbox, out)
+        _trace_teacher(sandbox, out)
 
         if AUTHORS_RECORDS.exists():
             t = time.perf_counter()
@@ -90,6 +95,23 @@ def _verify(sandbox: Sandbox, records_path: Path) -> None:
     in_statuses = [v.status for v in verify_input_predictions(inputs, sandbox)]
     count = lambda items: {s: items.count(s) for s in sorted(set(items))}
     print(f"verify: output predictions {count(outputs)}; input predictions {count(in_statuses)}")
+
+
+def _trace_teacher(sandbox: Sandbox, records_path: Path) -> None:
+    """Offline chains of thought for one output- and one input-prediction prompt
+    per record, each checked by the verifier."""
+    records = {r.id: r for r in read_unified(records_path)}
+    prompts = [p for r in records.values() for p in prediction_prompts(r, per_task=1)]
+    t = time.perf_counter()
+    replies = TraceTeacher(sandbox).answer(records, prompts)
+    outputs = [verify_output_prediction(r.text, p.output).correct
+               for p, r in zip(prompts, replies) if p.task == OUTPUT_PREDICTION]
+    inputs = [v.correct for v in verify_input_predictions(
+        [InputPrediction(r.text, records[p.record_id].refcode, p.output, records[p.record_id].funcname)
+         for p, r in zip(prompts, replies) if p.task != OUTPUT_PREDICTION], sandbox)]
+    chars = sum(len(r.text) for r in replies) // max(1, len(replies))
+    print(f"trace teacher: {len(replies)} answers, {sum(outputs) + sum(inputs)} verified correct, "
+          f"{chars} characters on average ({time.perf_counter() - t:.1f} s)")
 
 
 if __name__ == "__main__":
