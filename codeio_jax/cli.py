@@ -106,7 +106,7 @@ def _score(args) -> int:
     except cruxeval.ScoringError as exc:
         raise CommandError(str(exc)) from None
     total = sum(len(g) for g in generations.values())
-    with _sandbox(args, timeout=args.timeout) as sandbox, _progress(total, "checks") as bar:
+    with _sandbox(args, timeout=args.timeout) as sandbox, _Progress(total, "checks") as bar:
         report = cruxeval.score(generations, args.mode, samples, sandbox, timeout_s=args.timeout,
                                 batch=not args.no_batch, on_progress=_first_check_stamp(bar.count))
     _write_json(args.out, report.to_dict())
@@ -128,7 +128,7 @@ def _ios(args) -> int:
     errors_path = args.errors or args.out.with_name(args.out.name + ".errors.jsonl")
     settings = ios_stage.IOSettings(seed=args.seed, max_calls=args.max_calls, max_pairs=args.max_pairs,
                                     timeout_s=args.timeout)
-    with _sandbox(args) as sandbox, _progress(None, "records") as bar:
+    with _sandbox(args) as sandbox, _Progress(None, "records") as bar:
         summary = ios_stage.run_file(source, args.out, errors_path, sandbox, settings,
                                      on_record=lambda status: bar.count(status, 1))
     print(f"ios: {summary.records} records in, {summary.kept} with pairs, "
@@ -244,10 +244,6 @@ class _Progress:
 
     def __exit__(self, *exc):
         self.bar.close()
-
-
-def _progress(total, unit) -> _Progress:
-    return _Progress(total, unit)
 
 
 if __name__ == "__main__":

@@ -91,9 +91,6 @@ class Outcome:
     def passed(self) -> bool:
         return self.status == PASSED
 
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def skipped(reason: str) -> Outcome:
     return Outcome(status=SKIPPED, message=reason)

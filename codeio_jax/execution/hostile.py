@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from codeio_jax.execution.checks import Check, Limits
+from codeio_jax.execution.checks import Check
 from codeio_jax.execution.pool import Sandbox
 
 ANY_FAILURE = "not passed"
@@ -160,8 +160,8 @@ def run_corpus(sandbox: Sandbox, canary: Path, corpus=CORPUS, timeout_s: float =
         for hostile in corpus:
             if hostile.needs_root and not root:
                 continue
-            limits = Limits(**{**sandbox.config.limits.as_dict(), "timeout_s": timeout_s,
-                               "memory_mb": 512, **hostile.limits})
+            limits = dataclasses.replace(sandbox.config.limits,
+                                         **{"timeout_s": timeout_s, "memory_mb": 512, **hostile.limits})
             source = textwrap.dedent(hostile.source).format(canary=canary, port=listener.getsockname()[1])
             outcome = sandbox.run(Check(source, limits=limits))
             problems = []

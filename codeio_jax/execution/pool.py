@@ -18,6 +18,7 @@ import queue
 import secrets
 import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -157,7 +158,6 @@ class _Slot:
     def died_status(self) -> str:
         code = self.process.poll() if self.process else None
         if code is not None and code < 0:
-            import signal
             return f"crashed:{signal.Signals(-code).name}"
         return "crashed:WORKER"
 

@@ -30,7 +30,9 @@ class TraceTeacher:
                feedback: Sequence[str | None] | None = None) -> list[Reply]:
         """One reply per prompt; with feedback, the revision turn for it."""
         feedback = list(feedback) if feedback is not None else [None] * len(prompts)
-        futures = [self.sandbox.submit(trace_check(records[p.record_id], p.input, self.limits))
+        maps = {rid: code_map(records[rid].refcode) for rid in {p.record_id for p in prompts}}
+        futures = [self.sandbox.submit(trace_check(records[p.record_id], p.input, self.limits,
+                                                   lines=maps[p.record_id]))
                    for p in prompts]
         replies = []
         for prompt, note, future in zip(prompts, feedback, futures):
@@ -41,7 +43,7 @@ class TraceTeacher:
                 replies.append(Reply(error=f"tracing failed: {outcome.status}: {outcome.message}"))
                 continue
             trace = parse_trace(outcome.value)
-            loops = code_map(record.refcode)["loops"]
+            loops = maps[prompt.record_id]["loops"]
             if note is not None:
                 text = explain_revision(record, prompt.input, trace, loops, prompt.task, note, self.max_chars)
             elif prompt.task == OUTPUT_PREDICTION:

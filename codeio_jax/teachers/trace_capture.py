@@ -57,9 +57,10 @@ def code_map(code: str) -> dict:
 
 
 def trace_check(record: UnifiedRecord, kwargs: dict, limits: Limits | None = None,
-                max_events: int = 3000, value_chars: int = 80) -> Check:
+                max_events: int = 3000, value_chars: int = 80, lines: dict | None = None) -> Check:
+    """lines: the record's code_map, when the caller already has it."""
     params = {"funcname": record.funcname, "kwargs": kwargs, "max_events": max_events,
-              "value_chars": value_chars, **code_map(record.refcode)}
+              "value_chars": value_chars, **(lines or code_map(record.refcode))}
     source = f"{record.refcode}\n\n__codeio_params__ = {json.dumps(params, ensure_ascii=False)!r}\n"
     return Check(source, entry="__codeio_trace__", limits=limits, prelude=TRACE_PRELUDE)
 

@@ -86,7 +86,6 @@ class ScoreReport:
     pass_at_1: float
     pass_at_5: float
     batched_checks: int = 0
-    isolated_checks: int = 0
     messages: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -163,7 +162,7 @@ def score(generations: dict[str, list[str]], mode: str, samples: dict[str, Sampl
             outcomes[sample_id][i] = outcome
         if on_progress:
             on_progress(outcome.status, len(group))
-    return _report(generations, outcomes, batched, len(isolated))
+    return _report(generations, outcomes, batched)
 
 
 def _submit_one(sandbox: Sandbox, sample: Sample, line: str, limits: Limits):
@@ -171,7 +170,7 @@ def _submit_one(sandbox: Sandbox, sample: Sample, line: str, limits: Limits):
     return sandbox.submit(Check(source, assert_line=sample.code.count("\n") + 2, limits=limits))
 
 
-def _report(generations, outcomes, batched, isolated) -> ScoreReport:
+def _report(generations, outcomes, batched) -> ScoreReport:
     scored, statuses, messages, p1, p5 = {}, {}, {}, [], []
     for sample_id, gens in generations.items():
         results = outcomes[sample_id]
@@ -187,4 +186,4 @@ def _report(generations, outcomes, batched, isolated) -> ScoreReport:
     count = max(1, len(generations))
     return ScoreReport(raw_generations=generations, raw_scored_generations=scored, statuses=statuses,
                        pass_at_1=100.0 * sum(p1) / count, pass_at_5=100.0 * sum(p5) / count,
-                       batched_checks=batched, isolated_checks=isolated, messages=messages)
+                       batched_checks=batched, messages=messages)

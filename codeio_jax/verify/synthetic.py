@@ -72,6 +72,15 @@ def restyle(text, rng, mode):
     return text
 
 
+def _mutate_one_argument(args, rng):
+    """The argument list, as call text, with one argument made plausibly wrong."""
+    args = list(args)
+    if args:
+        k = rng.randrange(len(args))
+        args[k] = mutate(args[k], rng)
+    return ", ".join(repr(a) for a in args)
+
+
 def generations_for(sample, mode, rng, n=10):
     skill = rng.choice([0.0, 0.2, 0.5, 0.8, 1.0])
     truth_literal = sample["output"] if mode == "output" else sample["input"]
@@ -86,11 +95,7 @@ def generations_for(sample, mode, rng, n=10):
         elif mode == "output":
             wrong_pool.append(repr(mutate(truth, rng)))
         else:
-            args = list(truth)
-            if args:
-                k = rng.randrange(len(args))
-                args[k] = mutate(args[k], rng)
-            wrong_pool.append(", ".join(repr(a) for a in args))
+            wrong_pool.append(_mutate_one_argument(truth, rng))
     gens = []
     for _ in range(n):
         text = truth_literal if rng.random() < skill else rng.choice(wrong_pool)
@@ -117,8 +122,5 @@ def perturbed_generations(samples, mode, seed=0):
                 args = ast.literal_eval(f"[{s['input']}]")
             except (ValueError, SyntaxError):  # a few inputs are expressions
                 args = [None]
-            if args:
-                k = rng.randrange(len(args))
-                args[k] = mutate(args[k], rng)
-            out[s["id"]] = ["f(" + ", ".join(repr(a) for a in args) + ")"]
+            out[s["id"]] = [f"f({_mutate_one_argument(args, rng)})"]
     return out
