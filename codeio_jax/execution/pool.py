@@ -141,6 +141,18 @@ class _Slot:
         return self._read()
 
     def stop(self) -> None:
+        self.hang_up()
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def hang_up(self) -> None:
+        """Close the pipes, which tells the worker to exit."""
         if self.process is None:
             return
         for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
@@ -148,12 +160,6 @@ class _Slot:
                 stream.close()
             except OSError:
                 pass
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
 
     def died_status(self) -> str:
         code = self.process.poll() if self.process else None
@@ -274,6 +280,8 @@ class Sandbox:
         self.close()
 
     def _stop_slots(self) -> None:
+        for slot in self._slots:  # all at once, then wait for each
+            slot.hang_up()
         for slot in self._slots:
             slot.stop()
         shutil.rmtree(self._root, ignore_errors=True)
