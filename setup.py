@@ -1,9 +1,11 @@
 """Package metadata for codeio-jax.
 
 Every dependency is pinned: a research result is only as reproducible as the
-environment that produced it. Heavy stacks (JAX, TensorFlow, SeqIO) join the pins
-when the modules that use them land; the sandbox, verification and scoring need
-nothing beyond numpy and tqdm.
+environment that produced it. The core (sandbox, verification, scoring, the
+stages and the local driver) needs numpy, tqdm and gin-config; the heavy stacks
+are extras, so `codeio-jax score` and the GPU machines never need TensorFlow:
+`seqio` (TFRecords as SeqIO tasks, vocabularies), `beam` (the Beam driver).
+apache-beam needs protobuf below 7, and sentencepiece 0.2.3 needs 7: hence 0.2.1.
 """
 
 from setuptools import find_packages, setup
@@ -13,16 +15,33 @@ setup(
     version="0.1.0",
     description="CodeI/O and CodeI/O++ in JAX: execution-verified I/O-prediction data and training",
     python_requires=">=3.11",
-    packages=find_packages(include=["codeio_jax", "codeio_jax.*"]),
+    packages=find_packages(include=["codeio_jax", "codeio_jax.*", "tasks", "tasks.*"]),
     package_data={"codeio_jax": ["data/corpus/*.jsonl"]},
     install_requires=[
         "numpy==2.4.6",
         "tqdm==4.70.1",
+        "gin-config==0.5.0",
     ],
     extras_require={
         "test": [
             "pytest==9.2.0",
             "pytest-timeout==2.4.0",
+            # The reference for chat templates and tokenizers (tested against, never imported by the package).
+            "transformers==5.24.0",
+            "jinja2==3.1.6",
+        ],
+        "seqio": [
+            "tensorflow==2.21.0",
+            "tensorflow-text==2.21.1",
+            "tensorflow-datasets==4.9.10",
+            "seqio==0.0.20",
+            "sentencepiece==0.2.1",
+            "tokenizers==0.23.3",
+            "protobuf==6.33.6",
+        ],
+        "beam": [
+            "apache-beam==2.77.0",
+            "protobuf==6.33.6",
         ],
         # Modules that real-world CodeI/O programs import (see DESIGN.md, "The
         # execution environment"); install into the interpreter the sandbox runs.

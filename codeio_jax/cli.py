@@ -18,7 +18,12 @@ class CommandError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # T5X-style `--gin.NAME=VALUE` bindings: only commands that take gin accept them.
+    args.gin_bindings = [flag[len("--gin."):] for flag in unknown if flag.startswith("--gin.")]
+    rest = [flag for flag in unknown if not flag.startswith("--gin.")]
+    if rest or (args.gin_bindings and not getattr(args, "accepts_gin", False)):
+        parser.error(f"unrecognized arguments: {' '.join(rest or unknown)}")
     try:
         return args.handler(args)
     except CommandError as exc:
@@ -51,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="unified records (JSONL); default: the embedded corpus")
     ios.add_argument("--out", required=True, type=Path, help="records with pairs (JSONL)")
     ios.add_argument("--errors", type=Path, default=None,
-                     help="error records (JSONL); default: <out>.errors.jsonl")
+                     help="error records (JSONL); default: <out stem>.errors.jsonl")
     ios.add_argument("--seed", type=int, default=0)
     ios.add_argument("--max-calls", type=int, default=1000)
     ios.add_argument("--max-pairs", type=int, default=10)
@@ -61,12 +66,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="verify predictions (JSONL of replies) by execution")
     verify.add_argument("--in", dest="inp", required=True, type=Path,
-                        help="rows with task, response, output, and refcode/funcname for input prediction")
+                        help="prediction rows of the pipeline (the `respond` stage's output), or rows "
+                             "with task, response, output, and refcode/funcname for input prediction")
     verify.add_argument("--out", required=True, type=Path)
+    verify.add_argument("--errors", type=Path, default=None,
+                        help="pipeline rows only: error rows (default: <out stem>.errors.jsonl)")
     verify.add_argument("--reveal-expected", action="store_true",
                         help="say where a wrong output prediction differs from the recorded output")
     _sandbox_flags(verify)
     verify.set_defaults(handler=_verify)
+
+    pipeline = sub.add_parser(
+        "pipeline", help="run every data stage (gin-configured), raw code or unified records to examples",
+        description="Run every stage over a work folder. T5X-style gin flags: --gin_file (repeatable), "
+                    "--gin_search_paths, --gin.NAME=VALUE (e.g. --gin.run_pipeline.rounds=0).")
+    pipeline.add_argument("--gin_file", action="append", default=[], help="a gin recipe (gin/data/*.gin)")
+    pipeline.add_argument("--gin_search_paths", default="", help="comma-separated folders to find gin files in")
+    pipeline.add_argument("--work_dir", type=Path, default=None, help="binds run_pipeline.work_dir")
+    pipeline.set_defaults(handler=_pipeline, accepts_gin=True)
+
+    prompts = sub.add_parser("prompts", help="prediction prompts (3 + 3 per record) for records with pairs")
+    _io_flags(prompts)
+    prompts.add_argument("--seed", type=int, default=0)
+    prompts.add_argument("--per-task", type=int, default=3, help="prompts per task and record")
+    prompts.set_defaults(handler=_prompts)
+
+    respond = sub.add_parser("respond", help="a teacher answers one turn of prediction rows")
+    _io_flags(respond)
+    respond.add_argument("--turn", type=int, default=1, help="1 answers the prompt; 2+ revise a wrong answer")
+    _teacher_flags(respond, default="trace")
+    _sandbox_flags(respond)
+    respond.set_defaults(handler=_respond)
+
+    transform = sub.add_parser("transform", help="raw code rows into unified records, by a chat teacher")
+    _io_flags(transform)
+    _teacher_flags(transform, default=None)
+    transform.set_defaults(handler=_transform)
+
+    assemble = sub.add_parser("assemble", help="verified prediction rows into examples (the released shape)")
+    _io_flags(assemble)
+    assemble.set_defaults(handler=_assemble)
+
+    imported = sub.add_parser("import", help="rows of the released CodeIO-PyEdu-Reasoning shape, as examples")
+    _io_flags(imported)
+    imported.set_defaults(handler=_import)
 
     check = sub.add_parser("sandbox-check", help="show which sandbox protections this machine grants")
     check.add_argument("--hostile", action="store_true",
@@ -74,6 +117,156 @@ def build_parser() -> argparse.ArgumentParser:
     _sandbox_flags(check)
     check.set_defaults(handler=_sandbox_check)
     return parser
+
+
+def _io_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--in", dest="inp", required=True, type=Path, help="input rows (JSONL)")
+    parser.add_argument("--out", required=True, type=Path, help="output rows (JSONL)")
+    parser.add_argument("--errors", type=Path, default=None,
+                        help="error rows (JSONL); default: <out stem>.errors.jsonl")
+
+
+def _teacher_flags(parser: argparse.ArgumentParser, default: str | None) -> None:
+    choices = ["trace", "openai"] if default == "trace" else ["openai"]
+    parser.add_argument("--teacher", choices=choices, default=default or "openai")
+    parser.add_argument("--base-url", help="openai: the server, e.g. https://api.deepseek.com/v1")
+    parser.add_argument("--model", help="openai: the model name")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                        help="openai: the environment variable holding the key")
+    parser.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=JSON",
+                        help="openai: a sampling parameter, e.g. temperature=0.7 (repeatable)")
+
+
+def _teacher_spec(args):
+    from codeio_jax.data.pipeline import ChatTeacherSpec, TraceTeacherSpec
+
+    if args.teacher == "trace":
+        return TraceTeacherSpec()
+    if not args.base_url or not args.model:
+        raise CommandError("the openai teacher needs --base-url and --model")
+    params = []
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        try:
+            params.append((name, json.loads(value)))
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise CommandError(f"--param wants NAME=JSON (e.g. temperature=0.7), got {item!r}")
+    return ChatTeacherSpec(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+                           max_concurrency=args.concurrency, params=tuple(params))
+
+
+def _errors_path(args) -> Path:
+    if not args.inp.exists():
+        raise CommandError(f"{args.inp} does not exist")
+    return args.errors or args.out.with_name(args.out.stem + ".errors.jsonl")
+
+
+def _print_stage(name: str, summary, out: Path, errors: Path) -> None:
+    again = " (already done: nothing to do)" if summary.already_done else ""
+    resumed = f", resumed after {summary.resumed_at}" if summary.resumed_at else ""
+    print(f"{name}: {summary.items} in, {summary.ok} rows out, {summary.errors} errors{resumed}{again}")
+    print(f"  wrote {out} and {errors}")
+
+
+def _pipeline(args) -> int:
+    from codeio_jax.data import pipeline
+    from codeio_jax.gin_flags import GinFlagError, parse_gin
+
+    bindings = list(args.gin_bindings)
+    if args.work_dir:
+        bindings.append(f"run_pipeline.work_dir = {str(args.work_dir)!r}")
+    try:
+        parse_gin(args.gin_file, args.gin_search_paths, bindings)
+    except GinFlagError as exc:
+        raise CommandError(str(exc)) from None
+    bars: dict[str, _Progress] = {}
+
+    def progress(stage):
+        bars[stage] = _Progress(None, "rows", desc=stage)
+        return lambda result: bars[stage].count("ok" if result.ok else "error", 1)
+
+    try:
+        report = pipeline.run_pipeline(progress=progress)
+    except pipeline.PipelineError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        for bar in bars.values():
+            bar.bar.close()
+    total = sum(stage.seconds for stage in report.stages) or 1.0
+    print(f"pipeline: {report.work_dir}")
+    for stage in report.stages:
+        summary = stage.summary
+        note = " (already done)" if summary.already_done else ""
+        print(f"  {stage.name:<10} {summary.items:>6} in {summary.ok:>6} out {summary.errors:>5} errors"
+              f" {stage.seconds:>7.2f} s {100 * stage.seconds / total:>5.1f}%{note}")
+    for turn, usage in report.teacher_usage.items():
+        print(f"  teacher {turn}: " + (", ".join(f"{k} {v}" for k, v in usage.items() if v) or "no requests"))
+    print(f"  examples: {report.examples}")
+    return 0
+
+
+def _prompts(args) -> int:
+    from codeio_jax.data import stages
+
+    errors = _errors_path(args)
+    if args.per_task < 0:
+        raise CommandError(f"--per-task must be 0 or more, got {args.per_task}")
+    with _Progress(None, "records") as bar:
+        summary = stages.prompts_file(args.inp, args.out, errors, seed=args.seed, per_task=args.per_task,
+                                      on_result=bar.result)
+    _print_stage("prompts", summary, args.out, errors)
+    return 0
+
+
+def _respond(args) -> int:
+    from codeio_jax.data import stages
+
+    errors = _errors_path(args)
+    if args.turn < 1:
+        raise CommandError(f"--turn must be 1 or more, got {args.turn}")
+    spec = _teacher_spec(args)
+    with _sandbox(args) as sandbox, spec.build(sandbox, args.out.parent / "teacher_cache") as responder, \
+            _Progress(None, "rows") as bar:
+        summary = stages.respond_file(args.inp, args.out, errors, responder, args.turn, repr(spec),
+                                      on_result=bar.result)
+    _print_stage(f"respond (turn {args.turn})", summary, args.out, errors)
+    print("  teacher: " + (", ".join(f"{k} {v}" for k, v in responder.usage.as_dict().items() if v)
+                           or "no requests"))
+    return 0
+
+
+def _transform(args) -> int:
+    from codeio_jax.data import stages
+
+    errors = _errors_path(args)
+    spec = _teacher_spec(args)
+    responder = spec.build(None, args.out.parent / "teacher_cache")
+    with responder, _Progress(None, "files") as bar:
+        summary = stages.transform_file(args.inp, args.out, errors, responder.teacher, repr(spec),
+                                        on_result=bar.result)
+    _print_stage("transform", summary, args.out, errors)
+    return 0
+
+
+def _assemble(args) -> int:
+    from codeio_jax.data import stages
+
+    errors = _errors_path(args)
+    summary = stages.assemble_file(args.inp, args.out, errors)
+    _print_stage("assemble", summary, args.out, errors)
+    return 0
+
+
+def _import(args) -> int:
+    from codeio_jax.data import stages
+
+    errors = _errors_path(args)
+    summary = stages.import_file(args.inp, args.out, errors)
+    _print_stage("import", summary, args.out, errors)
+    return 0
 
 
 def _sandbox_flags(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +318,7 @@ def _ios(args) -> int:
     source = args.inp or ios_stage.DEFAULT_CORPUS
     if not Path(source).exists():
         raise CommandError(f"{source} does not exist")
-    errors_path = args.errors or args.out.with_name(args.out.name + ".errors.jsonl")
+    errors_path = args.errors or args.out.with_name(args.out.stem + ".errors.jsonl")
     settings = ios_stage.IOSettings(seed=args.seed, max_calls=args.max_calls, max_pairs=args.max_pairs,
                                     timeout_s=args.timeout)
     with _sandbox(args) as sandbox, _Progress(None, "records") as bar:
@@ -144,6 +337,15 @@ def _verify(args) -> int:
 
     if not args.inp.exists():
         raise CommandError(f"{args.inp} does not exist")
+    if _holds_prediction_rows(args.inp):
+        from codeio_jax.data import stages
+
+        errors = _errors_path(args)
+        with _sandbox(args) as sandbox, _Progress(None, "rows") as bar:
+            summary = stages.verify_file(args.inp, args.out, errors, sandbox,
+                                         reveal_expected=args.reveal_expected, on_result=bar.result)
+        _print_stage("verify", summary, args.out, errors)
+        return 0
     with _sandbox(args) as sandbox:
         counts = stage.verify_file(args.inp, args.out, sandbox, reveal_expected=args.reveal_expected)
     print(f"verify: {sum(counts.values())} rows: {_format_counts(counts)}")
@@ -174,6 +376,18 @@ def _sandbox_check(args) -> int:
     contained = sum(r.contained for r in results)
     print(f"{contained} of {len(results)} hostile programs contained")
     return 0 if contained == len(results) else 1
+
+
+def _holds_prediction_rows(path: Path) -> bool:
+    """Whether the file's first JSON object is a pipeline prediction row (it has turns)."""
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                continue
+            return isinstance(row, dict) and "turns" in row
+    return False
 
 
 def _first_check_stamp(update):
@@ -227,12 +441,16 @@ class _Progress:
     """A progress bar on stderr with counts by status, tqdm imported only once
     work has started (so it never delays the first check)."""
 
-    def __init__(self, total, unit):
+    def __init__(self, total, unit, desc=None):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(),
-                        leave=False)
+        self.bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr,
+                        disable=not sys.stderr.isatty(), leave=False)
         self.counts: dict[str, int] = {}
+
+    def result(self, result) -> None:
+        """Counts a driver Result (one input item)."""
+        self.count("ok" if result.ok else "error", 1)
 
     def count(self, status: str, n: int) -> None:
         self.counts[status] = self.counts.get(status, 0) + n

@@ -20,7 +20,7 @@ def test_ios_command(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "2 records in, 1 with pairs, 1 errors, 10 pairs" in done.stdout
     assert len(json.loads(out.read_text())["ios"]) == 10
-    errors = [json.loads(line) for line in (tmp_path / "with_ios.jsonl.errors.jsonl").read_text().splitlines()]
+    errors = [json.loads(line) for line in (tmp_path / "with_ios.errors.jsonl").read_text().splitlines()]
     assert errors[0]["line"] == 2 and "not valid JSON" in errors[0]["error"]
     again = tmp_path / "again.jsonl"
     assert cli("ios", "--in", source, "--out", again, "--seed", 3).returncode == 0

@@ -1,7 +1,8 @@
 """The local driver: a stage over JSONL, resumable after kill -9 at any moment.
 
 Results are appended, in input order, to a journal next to the output, one
-line per input item, each with a single write. A rerun reads the journal,
+line per input item (holding every row the item gave: a stage may fan one
+record out into several, as `prompts` does), each with a single write. A rerun reads the journal,
 drops a line torn by the kill, and carries on after the last complete one.
 Once every item is in, the output and error files are written from the journal
 (each to a .partial file, then renamed), a `.done` marker records what produced
@@ -23,17 +24,25 @@ from typing import Callable, Iterator
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    """One input item's outcome: a row for the output, or an error row."""
+    """One input item's outcome: its rows for the output, or one error row."""
 
     ok: bool
-    row: dict
+    rows: tuple[dict, ...]
+
+    @classmethod
+    def one(cls, ok: bool, row: dict) -> "Result":
+        return cls(ok, (row,))
+
+    @classmethod
+    def error(cls, row: dict) -> "Result":
+        return cls(False, (row,))
 
 
 @dataclasses.dataclass
 class Summary:
-    items: int = 0
-    ok: int = 0
-    errors: int = 0
+    items: int = 0  # input items
+    ok: int = 0  # rows written to the output
+    errors: int = 0  # error rows
     resumed_at: int = 0  # items found already done in the journal
     already_done: bool = False
 
@@ -56,8 +65,9 @@ def run_resumable(dest: str | Path, errors_dest: str | Path, run_id: str,
     journal = dest.with_name(dest.name + ".journal")
     marker = dest.with_name(dest.name + ".done")
     if marker.exists() and not journal.exists() and dest.exists() and errors_dest.exists():
-        if marker.read_text().strip() == run_id:
-            return _summary_of_files(dest, errors_dest)
+        done_before = _read_marker(marker)
+        if done_before.get("fingerprint") == run_id:
+            return _summary_of_files(dest, errors_dest, done_before.get("items", 0))
     marker.unlink(missing_ok=True)
     done = _recover(journal, run_id)
     summary = Summary(resumed_at=done)
@@ -66,7 +76,7 @@ def run_resumable(dest: str | Path, errors_dest: str | Path, run_id: str,
         if done == 0 and os.fstat(fd).st_size == 0:
             os.write(fd, (json.dumps({"fingerprint": run_id}) + "\n").encode())
         for result in results_from(done):
-            line = json.dumps({"ok": result.ok, "row": result.row}, ensure_ascii=False) + "\n"
+            line = json.dumps({"ok": result.ok, "rows": result.rows}, ensure_ascii=False) + "\n"
             os.write(fd, line.encode("utf-8", "surrogatepass"))
             if on_result:
                 on_result(result)
@@ -115,19 +125,27 @@ def _finish(journal: Path, dest: Path, errors_dest: Path, marker: Path, run_id: 
         for raw in source:
             entry = json.loads(raw)
             summary.items += 1
+            target = out if entry["ok"] else err
+            for row in entry["rows"]:
+                target.write(json.dumps(row, ensure_ascii=False) + "\n")
             if entry["ok"]:
-                summary.ok += 1
-                out.write(json.dumps(entry["row"], ensure_ascii=False) + "\n")
+                summary.ok += len(entry["rows"])
             else:
-                summary.errors += 1
-                err.write(json.dumps(entry["row"], ensure_ascii=False) + "\n")
+                summary.errors += len(entry["rows"])
     tmp_out.replace(dest)
     tmp_err.replace(errors_dest)
-    marker.write_text(run_id + "\n")
+    marker.write_text(json.dumps({"fingerprint": run_id, "items": summary.items}) + "\n")
     journal.unlink()
 
 
-def _summary_of_files(dest: Path, errors_dest: Path) -> Summary:
+def _read_marker(marker: Path) -> dict:
+    try:
+        found = json.loads(marker.read_text())
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _summary_of_files(dest: Path, errors_dest: Path, items: int) -> Summary:
     count = lambda path: sum(1 for line in open(path, "rb") if line.strip())
-    ok, errors = count(dest), count(errors_dest)
-    return Summary(items=ok + errors, ok=ok, errors=errors, already_done=True)
+    return Summary(items=items, ok=count(dest), errors=count(errors_dest), already_done=True)

@@ -194,6 +194,8 @@ class IOSummary:
     errors: int = 0
     pairs: int = 0
     error_reasons: dict = dataclasses.field(default_factory=dict)
+    resumed_at: int = 0  # records an interrupted run had finished
+    already_done: bool = False  # the files were there, from the same input and settings
 
 
 def run_file(source: str | Path, dest: str | Path, errors_dest: str | Path, sandbox: Sandbox,
@@ -205,11 +207,11 @@ def run_file(source: str | Path, dest: str | Path, errors_dest: str | Path, sand
     def results_from(skip: int) -> Iterator[Result]:
         items = itertools.islice(read_unified_numbered(source), skip, None)
         for result in generate(items, sandbox, settings):
-            yield Result(result.row is not None, result.to_dict())
+            yield Result.one(result.row is not None, result.to_dict())
 
     report = (lambda result: on_record("kept" if result.ok else "error")) if on_record else None
-    run_resumable(dest, errors_dest, fingerprint(source, STAGE, settings), results_from, report)
-    summary = IOSummary()
+    run = run_resumable(dest, errors_dest, fingerprint(source, STAGE, settings), results_from, report)
+    summary = IOSummary(resumed_at=run.resumed_at, already_done=run.already_done)
     reasons: collections.Counter = collections.Counter()
     for line in Path(dest).read_text(encoding="utf-8").splitlines():
         summary.kept += 1

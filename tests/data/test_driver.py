@@ -16,7 +16,7 @@ def numbers(skip, upto=10, fail_at=None):
     for i in range(skip, upto):
         if i == fail_at:
             raise RuntimeError("stage crashed")
-        yield Result(i % 3 != 0, {"i": i})
+        yield Result.one(i % 3 != 0, {"i": i})
 
 
 def test_resume_after_a_crash_and_a_torn_line(tmp_path):
@@ -71,7 +71,7 @@ def test_kill_minus_9_at_random_moments_gives_the_same_bytes(tmp_path):
     assert any(1 < size < 234 for size in journal_sizes), journal_sizes
     subprocess.run(command(out), check=True, capture_output=True, timeout=120)
     assert out.read_bytes() == reference.read_bytes()
-    errors = tmp_path / "interrupted.jsonl.errors.jsonl"
-    assert errors.read_bytes() == (tmp_path / "reference.jsonl.errors.jsonl").read_bytes()
+    errors = tmp_path / "interrupted.errors.jsonl"
+    assert errors.read_bytes() == (tmp_path / "reference.errors.jsonl").read_bytes()
     assert len(out.read_text().splitlines()) == 232 and len(errors.read_text().splitlines()) == 1
     assert not (tmp_path / "interrupted.jsonl.journal").exists()

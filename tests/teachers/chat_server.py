@@ -2,8 +2,8 @@
 teacher's tests and benchmark. Each request's last user message may carry a
 behaviour: `[[status:429:2]]` answers 429 to its first two attempts, `[[garbage]]`
 answers a body that is not JSON, `[[hang]]` never answers in time, `[[status:400]]`
-always refuses. Otherwise the reply echoes the message; every reply waits
-`delay_s` first."""
+always refuses. Otherwise the reply is `answer(messages)` when the server was
+given that function, else an echo of the message; every reply waits `delay_s` first."""
 
 import json
 import re
@@ -14,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class ChatServer:
-    def __init__(self, delay_s: float = 0.0, hang_s: float = 5.0):
+    def __init__(self, delay_s: float = 0.0, hang_s: float = 5.0, answer=None):
         self.delay_s = delay_s
+        self.answer = answer
         self.hang_s = hang_s
         self.hits = 0
         self.in_flight = 0
@@ -63,7 +64,8 @@ class ChatServer:
                     time.sleep(server.hang_s)
                 if "[[garbage]]" in text:
                     return self.send(200, b"<html>not json</html>")
-                body = {"choices": [{"message": {"role": "assistant", "content": f"echo: {text}"},
+                content = server.answer(request["messages"]) if server.answer else f"echo: {text}"
+                body = {"choices": [{"message": {"role": "assistant", "content": content},
                                      "finish_reason": "stop"}],
                         "usage": {"prompt_tokens": len(text.split()), "completion_tokens": 2}}
                 self.send(200, json.dumps(body).encode())

@@ -1,0 +1,185 @@
+"""Every stage in order over a work folder, configured by gin (gin/data/*.gin).
+
+    <source> --transform--> unified.jsonl --ios--> with_ios.jsonl --prompts-->
+    prompts.jsonl --respond_1--> responses_1.jsonl --verify_1--> verdicts_1.jsonl
+    [--respond_k--> responses_k.jsonl --verify_k--> verdicts_k.jsonl, per round]
+    --assemble--> examples.jsonl
+
+Each arrow is one resumable stage (stages.py), each file has its
+`.errors.jsonl` beside it. A run killed at any moment and started again skips
+the finished stages, resumes the one it was in, and ends with the same bytes
+as an uninterrupted run. `transform` runs only when the source is raw code;
+unified records (the embedded corpus, the authors' parsed records) start at `ios`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import gin
+
+from codeio_jax.data import ios, stages
+from codeio_jax.data.driver import Result, Summary
+from codeio_jax.data.respond import ChatResponder, Responder, TraceResponder
+from codeio_jax.execution import Limits, Sandbox, SandboxConfig
+from codeio_jax.records import LineError, read_jsonl
+from codeio_jax.teachers.trace_render import MAX_CHARS
+
+
+class PipelineError(ValueError):
+    """A pipeline that cannot run as configured; says what to change."""
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TraceTeacherSpec:
+    """The offline teacher: chains of thought from the program's own execution."""
+
+    max_chars: int = MAX_CHARS
+    timeout_s: float = 20.0
+
+    def build(self, sandbox: Sandbox, cache_dir: Path) -> Responder:
+        from codeio_jax.teachers.trace import TraceTeacher
+
+        return TraceResponder(TraceTeacher(sandbox, Limits(timeout_s=self.timeout_s), self.max_chars))
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ChatTeacherSpec:
+    """Any OpenAI-compatible chat-completions server (DeepSeek, OpenAI, vLLM,
+    SGLang, `codeio-jax serve`). Replies are cached under the work folder, so a
+    rerun never pays twice."""
+
+    base_url: str = gin.REQUIRED
+    model: str = gin.REQUIRED
+    api_key_env: str | None = "OPENAI_API_KEY"
+    max_concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 6
+    params: tuple = ()  # sampling parameters as (name, value) pairs: part of the cache key
+
+    def build(self, sandbox: Sandbox, cache_dir: Path) -> Responder:
+        from codeio_jax.teachers.openai_compatible import OpenAICompatibleTeacher
+
+        teacher = OpenAICompatibleTeacher(
+            self.base_url, self.model, api_key_env=self.api_key_env,
+            max_concurrency=self.max_concurrency, timeout_s=self.timeout_s,
+            max_retries=self.max_retries, cache_dir=cache_dir, params=dict(self.params))
+        return ChatResponder(teacher, f"openai:{self.model}")
+
+
+@dataclasses.dataclass
+class StageReport:
+    name: str
+    summary: Summary
+    seconds: float
+
+
+@dataclasses.dataclass
+class PipelineReport:
+    work_dir: Path
+    stages: list[StageReport]
+    examples: Path
+    teacher_usage: dict[str, dict]
+
+    def stage(self, name: str) -> StageReport:
+        return next(report for report in self.stages if report.name == name)
+
+
+Progress = Callable[[str], Callable[[Result], None] | None]
+
+
+@gin.configurable
+def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None = None,
+                 start: str = "auto", seed: int = 0, max_calls: int = 1000, max_pairs: int = 10,
+                 ios_timeout_s: float = 20.0, per_task: int = 3, rounds: int = 1,
+                 turn_teachers: Sequence[Any] = (TraceTeacherSpec(),), transform_teacher: Any = None,
+                 reveal_expected: bool = False, workers: int | None = None,
+                 python: str | None = None, progress: Progress | None = None) -> PipelineReport:
+    """Run every stage over `source` (default: the embedded corpus) in `work_dir`.
+
+    start: "transform" (raw code rows with `content`), "ios" (unified records),
+      or "auto": whichever the source's first valid row looks like.
+    rounds: revision rounds after the first turn (CodeI/O: 0; CodeI/O++: 1).
+    turn_teachers: who answers turn 1, 2, ...; the last one answers every later turn.
+    transform_teacher: a chat teacher for raw code; the trace teacher cannot transform.
+    """
+    source = Path(source or ios.DEFAULT_CORPUS)
+    if not source.exists():
+        raise PipelineError(f"the source {source} does not exist")
+    if rounds < 0:
+        raise PipelineError(f"rounds must be 0 or more, got {rounds}")
+    if not turn_teachers:
+        raise PipelineError("turn_teachers is empty: name at least the teacher of the first turn")
+    if start == "auto":
+        start = _kind_of(source)
+    if start not in ("transform", "ios"):
+        raise PipelineError(f"start must be 'auto', 'transform' or 'ios', got {start!r}")
+    if start == "transform" and not isinstance(transform_teacher, ChatTeacherSpec):
+        raise PipelineError("the source is raw code, which only a model can transform: set "
+                            "run_pipeline.transform_teacher = @ChatTeacherSpec() (the trace teacher "
+                            "needs unified records), or start from unified records")
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "teacher_cache"
+    reports: list[StageReport] = []
+
+    def step(name: str, run: Callable[..., Summary], source: Path, dest: Path, *args, **kwargs) -> Path:
+        started = time.perf_counter()
+        errors = dest.with_name(dest.stem + ".errors.jsonl")
+        summary = run(source, dest, errors, *args, **kwargs,
+                      on_result=progress(name) if progress else None)
+        reports.append(StageReport(name, summary, time.perf_counter() - started))
+        return dest
+
+    config = SandboxConfig(workers=workers, **({"python": python} if python else {}))
+    usage: dict[str, dict] = {}
+    with Sandbox(config) as sandbox:
+        current = source
+        if start == "transform":
+            responder = transform_teacher.build(sandbox, cache)
+            with responder:
+                current = step("transform", stages.transform_file, current, work / "unified.jsonl",
+                               responder.teacher, repr(transform_teacher))
+            usage["transform"] = responder.usage.as_dict()
+        settings = ios.IOSettings(seed=seed, max_calls=max_calls, max_pairs=max_pairs,
+                                  timeout_s=ios_timeout_s)
+        current = step("ios", _ios_file, current, work / "with_ios.jsonl", sandbox, settings)
+        current = step("prompts", stages.prompts_file, current, work / "prompts.jsonl",
+                       seed=seed, per_task=per_task)
+        for turn in range(1, rounds + 2):
+            spec = turn_teachers[min(turn, len(turn_teachers)) - 1]
+            with spec.build(sandbox, cache) as responder:
+                current = step(f"respond_{turn}", stages.respond_file, current,
+                               work / f"responses_{turn}.jsonl", responder, turn, repr(spec))
+            usage[f"turn_{turn}"] = responder.usage.as_dict()
+            current = step(f"verify_{turn}", stages.verify_file, current, work / f"verdicts_{turn}.jsonl",
+                           sandbox, reveal_expected=reveal_expected)
+        examples = step("assemble", stages.assemble_file, current, work / "examples.jsonl")
+    return PipelineReport(work, reports, examples, usage)
+
+
+def _ios_file(source, dest, errors_dest, sandbox, settings, on_result=None) -> Summary:
+    """The ios stage, in the shape of the others."""
+    report = (lambda status: on_result(Result(status == "kept", ()))) if on_result else None
+    found = ios.run_file(source, dest, errors_dest, sandbox, settings, on_record=report)
+    return Summary(items=found.records, ok=found.kept, errors=found.errors, resumed_at=found.resumed_at,
+                   already_done=found.already_done)
+
+
+def _kind_of(source: Path) -> str:
+    for item in read_jsonl(source):
+        if isinstance(item, LineError):
+            continue
+        row = item[1]
+        if isinstance(row, dict) and "refcode" in row:
+            return "ios"
+        if isinstance(row, dict) and ("content" in row or "code" in row):
+            return "transform"
+        break
+    raise PipelineError(f"cannot tell what {source} holds: its first valid row has neither `refcode` "
+                        "(a unified record) nor `content`/`code` (raw code); set run_pipeline.start")
