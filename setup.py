@@ -37,6 +37,7 @@ setup(
             "seqio==0.0.20",
             "sentencepiece==0.2.1",
             "tokenizers==0.23.3",
+            "importlib-resources==7.1.0",  # tensorflow-datasets imports it without requiring it
             "protobuf==6.33.6",
         ],
         "beam": [
