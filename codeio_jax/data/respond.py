@@ -21,6 +21,7 @@ from codeio_jax.teachers.trace import TraceTeacher
 class Responder(Protocol):
     name: str
     usage: Usage
+    batch_size: int  # rows handed over at once: enough to keep every request slot busy
 
     def reply(self, rows: Sequence[dict]) -> list[Reply]:
         """One reply per prediction row, answering its next turn."""
@@ -42,9 +43,10 @@ class _Closing:
 
 
 class ChatResponder(_Closing):
-    def __init__(self, teacher: Teacher, name: str):
+    def __init__(self, teacher: Teacher, name: str, batch_size: int = 64):
         self.teacher = teacher
         self.name = name
+        self.batch_size = batch_size
         self.usage = getattr(teacher, "usage", Usage())
 
     def reply(self, rows: Sequence[dict]) -> list[Reply]:
@@ -53,6 +55,7 @@ class ChatResponder(_Closing):
 
 class TraceResponder(_Closing):
     name = "trace"
+    batch_size = 64
 
     def __init__(self, teacher: TraceTeacher):
         self.teacher = teacher

@@ -8,10 +8,12 @@ predictions.py, transform.py and ios.py; this module only feeds it.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import hashlib
 import itertools
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 from codeio_jax.data import predictions, transform
 from codeio_jax.data.driver import Result, Summary, fingerprint, run_resumable
@@ -36,14 +38,23 @@ def run_stage(source: str | Path, dest: str | Path, errors_dest: str | Path, sta
 
     def results_from(skip: int) -> Iterator[Result]:
         items = itertools.islice(read_jsonl(source), skip, None)
-        while batch := list(itertools.islice(items, chunk)):
-            lines = [item for item in batch if not isinstance(item, LineError)]
-            processed = iter(process(lines) if lines else [])
-            for item in batch:
-                if isinstance(item, LineError):
-                    yield Result.error({"stage": stage, "line": item.line, "error": item.reason})
-                else:
-                    yield next(processed)
+        # Two chunks in flight: while one chunk's last replies come in, the next
+        # one's requests already keep the teacher or the sandbox busy.
+        with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix=f"stage-{stage}") as pool:
+            pending: collections.deque = collections.deque()
+            while True:
+                while len(pending) < 2 and (batch := list(itertools.islice(items, chunk))):
+                    lines = [item for item in batch if not isinstance(item, LineError)]
+                    pending.append((batch, pool.submit(process, lines) if lines else None))
+                if not pending:
+                    return
+                batch, future = pending.popleft()
+                processed = iter(future.result() if future else [])
+                for item in batch:
+                    if isinstance(item, LineError):
+                        yield Result.error({"stage": stage, "line": item.line, "error": item.reason})
+                    else:
+                        yield next(processed)
 
     return run_resumable(dest, errors_dest, fingerprint(source, stage, sorted(settings.items())),
                          results_from, on_result)
@@ -103,7 +114,7 @@ def prompts_file(source, dest, errors_dest, seed: int = 0, per_task: int = 3,
 
 
 def respond_file(source, dest, errors_dest, responder: Responder, turn: int, teacher_id: str,
-                 chunk: int = 64, on_result: OnResult = None) -> Summary:
+                 on_result: OnResult = None) -> Summary:
     """Answer turn `turn` of every row that wants it (predictions.wants_turn);
     other rows pass through. A row whose first answer failed becomes an error
     row holding the whole row; a failed revision keeps the row as it was, with
@@ -135,7 +146,7 @@ def respond_file(source, dest, errors_dest, responder: Responder, turn: int, tea
         return results
 
     return run_stage(source, dest, errors_dest, stage, {"turn": turn, "teacher": teacher_id}, process,
-                     chunk, on_result)
+                     responder.batch_size, on_result)
 
 
 def verify_file(source, dest, errors_dest, sandbox: Sandbox, reveal_expected: bool = False,
@@ -217,9 +228,10 @@ def _content_id(example: dict) -> str:
     return "imp_" + digest.hexdigest()[:16]
 
 
-def stage_names(rounds: int) -> Sequence[str]:
-    """The stages of a run with `rounds` revision rounds, in order."""
-    names = ["transform", "ios", "prompts", "respond_1", "verify_1"]
-    for turn in range(2, rounds + 2):
-        names += [f"respond_{turn}", f"verify_{turn}"]
-    return [*names, "assemble"]
+def read_rows(path: str | Path) -> Iterator[dict]:
+    """The rows of a JSONL file a stage of ours wrote; a bad line here means the
+    file was damaged after the fact, which is an error, not a row to skip."""
+    for item in read_jsonl(path):
+        if isinstance(item, LineError):
+            raise ValueError(f"{path}: {item.reason}")
+        yield item[1]
