@@ -83,7 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--gin_file", action="append", default=[], help="a gin recipe (gin/data/*.gin)")
     pipeline.add_argument("--gin_search_paths", default="", help="comma-separated folders to find gin files in")
     pipeline.add_argument("--work_dir", type=Path, default=None, help="binds run_pipeline.work_dir")
+    pipeline.add_argument("--engine", choices=["local", "beam"], default="local",
+                          help="beam: the same stages on Apache Beam; flags after `--` go to Beam "
+                               "(e.g. -- --runner=DataflowRunner --project=...); DirectRunner by default")
+    pipeline.add_argument("beam_args", nargs="*", help=argparse.SUPPRESS)
     pipeline.set_defaults(handler=_pipeline, accepts_gin=True)
+
+    write = sub.add_parser("write", help="examples (JSONL) into TFRecord shards for the SeqIO tasks")
+    write.add_argument("--in", dest="inp", required=True, type=Path, help="examples (the assemble stage's output)")
+    write.add_argument("--out-dir", required=True, type=Path, help="folder for the shards")
+    write.add_argument("--shards", type=int, default=4)
+    write.set_defaults(handler=_write)
 
     prompts = sub.add_parser("prompts", help="prediction prompts (3 + 3 per record) for records with pairs")
     _io_flags(prompts)
@@ -182,6 +192,19 @@ def _pipeline(args) -> int:
         parse_gin(args.gin_file, args.gin_search_paths, bindings)
     except GinFlagError as exc:
         raise CommandError(str(exc)) from None
+    if args.engine == "beam":
+        from codeio_jax.data import beam_pipeline
+
+        work_dir = args.work_dir or _bound_work_dir()
+        try:
+            found = beam_pipeline.run_configured(work_dir, args.beam_args)
+        except pipeline.PipelineError as exc:
+            raise CommandError(str(exc)) from None
+        print(f"pipeline on Beam: {found['records']} records, {found['examples']} examples, "
+              f"{found['errors']} error rows, {len(found['shards'])} shards in {work_dir}")
+        return 0
+    if args.beam_args:
+        raise CommandError(f"unrecognized arguments: {' '.join(args.beam_args)} (Beam flags need --engine beam)")
     bars: dict[str, _Progress] = {}
 
     def progress(stage):
@@ -205,6 +228,29 @@ def _pipeline(args) -> int:
     for turn, usage in report.teacher_usage.items():
         print(f"  teacher {turn}: " + (", ".join(f"{k} {v}" for k, v in usage.items() if v) or "no requests"))
     print(f"  examples: {report.examples}")
+    return 0
+
+
+def _bound_work_dir() -> Path:
+    import gin
+
+    work_dir = gin.get_bindings("run_pipeline").get("work_dir")
+    if not work_dir:
+        raise CommandError("say where the run goes: --work_dir or run_pipeline.work_dir")
+    return Path(work_dir)
+
+
+def _write(args) -> int:
+    from codeio_jax.data.pipeline import PipelineError, write_examples
+
+    if not args.inp.exists():
+        raise CommandError(f"{args.inp} does not exist")
+    try:
+        written = write_examples(args.inp, args.out_dir, args.shards)
+    except (PipelineError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    again = " (already written)" if written.summary.already_done else ""
+    print(f"write: {written.summary.items} examples into {len(written.files)} shards in {args.out_dir}{again}")
     return 0
 
 

@@ -1,15 +1,16 @@
-"""`make demo`: everything that exists, end to end, on the shipped data.
+"""`make demo`: the main job, offline, on the shipped data.
 
 1. Start the sandbox and say which protections this machine grants.
 2. Score CRUXEval's ground truth (must be 100%) and a perturbed copy (near 0%),
    both modes, by execution.
-3. Generate I/O pairs for the embedded corpus, and replay the CodeI/O authors'
-   464 parsed records to see how many of their pairs re-execute the same.
-4. Verify model-style replies for the generated pairs (right and wrong ones).
-5. Let the trace teacher answer a prediction prompt of each kind per record,
-   and verify every answer.
+3. Run the CodeI/O++ data pipeline (gin/data/codeio_pp.gin) on the embedded
+   corpus with the trace teacher: I/O pairs, prompts, answers, verification, a
+   revision round, examples, TFRecord shards.
+4. Register the SeqIO tasks over those shards and pack a batch of each mixture
+   through the chat feature converter (Qwen 2.5 chat format, a byte vocabulary:
+   nothing to download).
 
-Later issues grow this into the main job (pipeline, training, evaluation).
+Later issues add training a small model on these tasks and evaluating it.
 """
 
 from __future__ import annotations
@@ -20,21 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from codeio_jax.data import ios
 from codeio_jax.execution import Sandbox, SandboxConfig
-from codeio_jax.data.prompts import prediction_prompts
-from codeio_jax.records import OUTPUT_PREDICTION, read_unified
-from codeio_jax.teachers.trace import TraceTeacher
 from codeio_jax.verify import cruxeval
 from codeio_jax.verify.synthetic import perturbed_generations
-from codeio_jax.verify.verdicts import InputPrediction, verify_input_predictions, verify_output_prediction
 
-AUTHORS_RECORDS = cruxeval.DEFAULT_DATA.parents[1] / "codeio" / "rawcode_1k_parsed.jsonl"
+DEMO_DIR = Path(__file__).resolve().parents[1] / "runs" / "demo"
 
 
 def main() -> int:
     started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="codeio-demo-"))
     with Sandbox(SandboxConfig()) as sandbox:
         granted = sandbox.protections
         active = [name for name in ("pid_namespace", "network_namespace", "mount_namespace",
@@ -42,29 +37,13 @@ def main() -> int:
         uid = granted.get("unprivileged_uid")
         print(f"sandbox: {sandbox.workers} slots; {', '.join(active) or 'no namespaces'}; "
               f"{'uid ' + str(uid) if uid is not None else 'same uid as the caller'}")
-
         if cruxeval.DEFAULT_DATA.exists():
             _cruxeval(sandbox)
         else:
             print(f"cruxeval: skipped, {cruxeval.DEFAULT_DATA} is absent")
-
-        out, errors = workdir / "ios.jsonl", workdir / "ios.errors.jsonl"
-        t = time.perf_counter()
-        summary = ios.run_file(ios.DEFAULT_CORPUS, out, errors, sandbox, ios.IOSettings())
-        print(f"ios, embedded corpus: {summary.records} records -> {summary.kept} with "
-              f"{summary.pairs} pairs, {summary.errors} errors ({time.perf_counter() - t:.1f} s)")
-        _verify(sandbox, out)
-        _trace_teacher(sandbox, out)
-
-        if AUTHORS_RECORDS.exists():
-            t = time.perf_counter()
-            replay = ios.run_file(AUTHORS_RECORDS, workdir / "authors.jsonl",
-                                  workdir / "authors.errors.jsonl", sandbox, ios.IOSettings())
-            recorded = sum(len(r.ios) for r in read_unified(AUTHORS_RECORDS) if hasattr(r, "ios"))
-            print(f"ios, the authors' {replay.records} parsed records replayed: {replay.pairs} of "
-                  f"{recorded} pairs reproduced ({100 * replay.pairs / recorded:.1f}%), "
-                  f"{replay.errors} records failed: {replay.error_reasons} ({time.perf_counter() - t:.1f} s)")
-    print(f"outputs in {workdir}; done in {time.perf_counter() - started:.1f} s")
+    report = _pipeline()
+    _seqio(report)
+    print(f"outputs in {DEMO_DIR}; done in {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -80,38 +59,57 @@ def _cruxeval(sandbox: Sandbox) -> None:
               f"pass@1 {wrong.pass_at_1:5.2f} ({2 * len(samples)} checks, {time.perf_counter() - t:.1f} s)")
 
 
-def _verify(sandbox: Sandbox, records_path: Path) -> None:
-    """Right and wrong replies for the first pair of every record."""
-    records = [json.loads(line) for line in records_path.read_text().splitlines()]
-    outputs, inputs = [], []
-    for rec in records:
-        pair = rec["ios"][0]
-        right = f'Tracing the code gives {{"output": {json.dumps(pair["output"])}}}'
-        outputs.append(verify_output_prediction(right, pair["output"]).status)
-        outputs.append(verify_output_prediction('I believe {"output": "surely wrong"}', pair["output"]).status)
-        inputs.append(InputPrediction(f'{{"input": {json.dumps(pair["input"])}}}', rec["refcode"],
-                                      pair["output"], rec["funcname"]))
-        inputs.append(InputPrediction('{"input": {}}', rec["refcode"], pair["output"], rec["funcname"]))
-    in_statuses = [v.status for v in verify_input_predictions(inputs, sandbox)]
-    count = lambda items: {s: items.count(s) for s in sorted(set(items))}
-    print(f"verify: output predictions {count(outputs)}; input predictions {count(in_statuses)}")
+def _pipeline():
+    from codeio_jax.data import pipeline
+    from codeio_jax.gin_flags import parse_gin
 
-
-def _trace_teacher(sandbox: Sandbox, records_path: Path) -> None:
-    """Offline chains of thought for one output- and one input-prediction prompt
-    per record, each checked by the verifier."""
-    records = {r.id: r for r in read_unified(records_path)}
-    prompts = [p for r in records.values() for p in prediction_prompts(r, per_task=1)]
+    parse_gin(["data/codeio_pp.gin"], "", [f"run_pipeline.work_dir = {str(DEMO_DIR)!r}"])
     t = time.perf_counter()
-    replies = TraceTeacher(sandbox).answer(records, prompts)
-    outputs = [verify_output_prediction(r.text, p.output).correct
-               for p, r in zip(prompts, replies) if p.task == OUTPUT_PREDICTION]
-    inputs = [v.correct for v in verify_input_predictions(
-        [InputPrediction(r.text, records[p.record_id].refcode, p.output, records[p.record_id].funcname)
-         for p, r in zip(prompts, replies) if p.task != OUTPUT_PREDICTION], sandbox)]
-    chars = sum(len(r.text) for r in replies) // max(1, len(replies))
-    print(f"trace teacher: {len(replies)} answers, {sum(outputs) + sum(inputs)} verified correct, "
-          f"{chars} characters on average ({time.perf_counter() - t:.1f} s)")
+    report = pipeline.run_pipeline()
+    ios = report.stage("ios").summary
+    with_ios = [json.loads(line) for line in (report.work_dir / "with_ios.jsonl").read_text().splitlines()]
+    prompts = report.stage("prompts").summary
+    verdicts = [json.loads(line) for line in (report.work_dir / "verdicts_1.jsonl").read_text().splitlines()]
+    first_right = sum(row["turns"][0]["verdict"]["correct"] for row in verdicts)
+    examples = [json.loads(line) for line in report.examples.read_text().splitlines()]
+    revised = sum(example["turns"] > 1 for example in examples)
+    final_right = sum(example["status"] == "correct" for example in examples)
+    print(f"pipeline (data/codeio_pp.gin, trace teacher), {time.perf_counter() - t:.1f} s:")
+    print(f"  records {ios.items}: {ios.ok} with pairs ({sum(len(r['ios']) for r in with_ios)} pairs), "
+          f"{ios.errors} errors")
+    print(f"  prompts {prompts.ok}; first turn verified right {first_right} of {len(verdicts)} "
+          f"({100 * first_right / max(1, len(verdicts)):.1f}%); revised {revised}; "
+          f"right after revision {final_right}")
+    print(f"  examples {len(examples)} in {len(report.shards)} TFRecord shards under "
+          f"{report.work_dir / 'tfrecords'}")
+    errors = sum(stage.summary.errors for stage in report.stages)
+    print(f"  error rows, all stages: {errors}")
+    return report
+
+
+def _seqio(report) -> None:
+    try:
+        import seqio
+    except ImportError:
+        print("seqio: not installed (pip install -e '.[seqio]'); skipped")
+        return
+    from tasks import codeio
+    from tasks.feature_converters import ChatLMFeatureConverter
+
+    names = codeio.register_codeio_tasks(data_dir=report.work_dir / "tfrecords",
+                                         vocabulary=seqio.ByteVocabulary(), family="qwen2")
+    tasks = [name for name in names if name in codeio.TASK_NAMES]
+    counts = {name: sum(1 for _ in seqio.get_mixture_or_task(name).get_dataset(
+        sequence_length=None, split="train", shuffle=False)) for name in tasks}
+    print("seqio tasks: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    for mixture in ("codeio", "codeio_pp"):
+        dataset = seqio.get_dataset(mixture, task_feature_lengths={"targets": 8192}, dataset_split="train",
+                                    shuffle=False, feature_converter=ChatLMFeatureConverter(pack=True))
+        batch = next(dataset.batch(8).as_numpy_iterator())
+        real = (batch["decoder_segment_ids"] > 0).sum()
+        print(f"  mixture {mixture}: packed batch {batch['decoder_target_tokens'].shape}, "
+              f"{real / batch['decoder_segment_ids'].size:.0%} of positions used, "
+              f"{batch['decoder_loss_weights'].sum() / real:.0%} of them with loss")
 
 
 if __name__ == "__main__":

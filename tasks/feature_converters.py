@@ -52,6 +52,11 @@ class ChatLMFeatureConverter(seqio.LMFeatureConverter):
         if lengths["loss_weights"] != lengths["targets"]:
             raise ValueError("loss_weights must have the length of targets, got "
                              f"{lengths['loss_weights']} and {lengths['targets']}")
+        # seqio trims only the features its caller named, usually just targets:
+        # the mask follows the targets it belongs to.
+        length = lengths["targets"]
+        ds = ds.map(lambda ex: {**ex, "loss_weights": ex["loss_weights"][:length]},
+                    num_parallel_calls=tf.data.AUTOTUNE)
         return super().__call__(ds, lengths)
 
     def _convert_features(self, ds: tf.data.Dataset,

@@ -3,18 +3,20 @@
     <source> --transform--> unified.jsonl --ios--> with_ios.jsonl --prompts-->
     prompts.jsonl --respond_1--> responses_1.jsonl --verify_1--> verdicts_1.jsonl
     [--respond_k--> responses_k.jsonl --verify_k--> verdicts_k.jsonl, per round]
-    --assemble--> examples.jsonl
+    --assemble--> examples.jsonl --write--> tfrecords/codeio_examples.tfrecord-*-of-*
 
 Each arrow is one resumable stage (stages.py), each file has its
 `.errors.jsonl` beside it. A run killed at any moment and started again skips
 the finished stages, resumes the one it was in, and ends with the same bytes
-as an uninterrupted run. `transform` runs only when the source is raw code;
+as an uninterrupted run (TFRecord shards included: each is written whole under
+a temporary name, then renamed). `transform` runs only when the source is raw code;
 unified records (the embedded corpus, the authors' parsed records) start at `ios`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,6 +29,9 @@ from codeio_jax.data.respond import ChatResponder, Responder, TraceResponder
 from codeio_jax.execution import Limits, Sandbox, SandboxConfig
 from codeio_jax.records import LineError, read_jsonl
 from codeio_jax.teachers.trace_render import MAX_CHARS
+
+
+EXAMPLES_NAME = "codeio_examples"  # the shard prefix the SeqIO tasks read (tasks/codeio.py)
 
 
 class PipelineError(ValueError):
@@ -69,7 +74,9 @@ class ChatTeacherSpec:
             self.base_url, self.model, api_key_env=self.api_key_env,
             max_concurrency=self.max_concurrency, timeout_s=self.timeout_s,
             max_retries=self.max_retries, cache_dir=cache_dir, params=dict(self.params))
-        return ChatResponder(teacher, f"openai:{self.model}")
+        # Four waves of requests per batch: the batch boundary (the stage waits
+        # for a batch's last reply) then costs a small share of the time.
+        return ChatResponder(teacher, f"openai:{self.model}", batch_size=4 * self.max_concurrency)
 
 
 @dataclasses.dataclass
@@ -84,6 +91,7 @@ class PipelineReport:
     work_dir: Path
     stages: list[StageReport]
     examples: Path
+    shards: list[Path]
     teacher_usage: dict[str, dict]
 
     def stage(self, name: str) -> StageReport:
@@ -98,7 +106,7 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
                  start: str = "auto", seed: int = 0, max_calls: int = 1000, max_pairs: int = 10,
                  ios_timeout_s: float = 20.0, per_task: int = 3, rounds: int = 1,
                  turn_teachers: Sequence[Any] = (TraceTeacherSpec(),), transform_teacher: Any = None,
-                 reveal_expected: bool = False, workers: int | None = None,
+                 reveal_expected: bool = False, shards: int = 4, workers: int | None = None,
                  python: str | None = None, progress: Progress | None = None) -> PipelineReport:
     """Run every stage over `source` (default: the embedded corpus) in `work_dir`.
 
@@ -107,6 +115,7 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
     rounds: revision rounds after the first turn (CodeI/O: 0; CodeI/O++: 1).
     turn_teachers: who answers turn 1, 2, ...; the last one answers every later turn.
     transform_teacher: a chat teacher for raw code; the trace teacher cannot transform.
+    shards: TFRecord files the examples are spread over (by a hash of their id).
     """
     source = Path(source or ios.DEFAULT_CORPUS)
     if not source.exists():
@@ -160,7 +169,56 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
             current = step(f"verify_{turn}", stages.verify_file, current, work / f"verdicts_{turn}.jsonl",
                            sandbox, reveal_expected=reveal_expected)
         examples = step("assemble", stages.assemble_file, current, work / "examples.jsonl")
-    return PipelineReport(work, reports, examples, usage)
+    started = time.perf_counter()
+    written = write_examples(examples, work / "tfrecords", shards)
+    reports.append(StageReport("write", written.summary, time.perf_counter() - started))
+    return PipelineReport(work, reports, examples, written.files, usage)
+
+
+@dataclasses.dataclass
+class Written:
+    files: list[Path]
+    summary: Summary
+
+
+def write_examples(examples: Path, out_dir: Path, shards: int) -> Written:
+    """The `write` stage: the examples as TFRecord shards, skipped when the
+    shards of these very examples (same bytes, same shard count) are there."""
+    from codeio_jax.data import tfrecords
+    from codeio_jax.data.driver import fingerprint
+
+    if shards < 1:
+        raise PipelineError(f"shards must be at least 1, got {shards}")
+    out_dir = Path(out_dir)
+    marker = out_dir / "write.done"
+    run_id = fingerprint(examples, "write", shards)
+    rows = sum(1 for line in open(examples, "rb") if line.strip())
+    expected = [out_dir / f"{EXAMPLES_NAME}.tfrecord-{i:05d}-of-{shards:05d}" for i in range(shards)]
+    counts_file = out_dir / f"{EXAMPLES_NAME}.counts.json"
+    if marker.exists() and marker.read_text().strip() == run_id and counts_file.exists() \
+            and all(p.exists() for p in expected):
+        return Written(expected, Summary(items=rows, ok=rows, already_done=True))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    counts = {"examples": 0, "by_task": {}, "by_turns": {}}
+
+    def counted():
+        for row in stages.read_rows(examples):
+            counts["examples"] += 1
+            for key, value in (("by_task", row.get("task")), ("by_turns", str(row.get("turns")))):
+                counts[key][value] = counts[key].get(value, 0) + 1
+            yield row
+
+    files = tfrecords.write_shards(counted(), out_dir, EXAMPLES_NAME, shards)
+    # This folder is the stage's own: shards of an earlier count, or temporary
+    # files of a killed write, would otherwise match the SeqIO file pattern or pile up.
+    for stale in [*out_dir.glob(f"{EXAMPLES_NAME}.tfrecord-*"), *out_dir.glob(f".{EXAMPLES_NAME}.*.tmp")]:
+        if stale not in files:
+            stale.unlink()
+    # What the SeqIO mixtures weigh their tasks by, without reading the shards.
+    counts_file.write_text(json.dumps(counts, sort_keys=True) + "\n")
+    marker.write_text(run_id + "\n")
+    return Written(files, Summary(items=rows, ok=rows))
 
 
 def _ios_file(source, dest, errors_dest, sandbox, settings, on_result=None) -> Summary:

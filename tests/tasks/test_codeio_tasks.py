@@ -1,0 +1,95 @@
+"""The CodeI/O SeqIO tasks over the pipeline's real TFRecords."""
+
+import json
+
+import pytest
+
+from codeio_jax.data.pipeline import ChatTeacherSpec, TraceTeacherSpec, run_pipeline
+from codeio_jax.data.prompts import REVISION
+from tests.data.test_pipeline import small_corpus, student
+from tests.teachers.chat_server import ChatServer
+
+tf = pytest.importorskip("tensorflow")
+seqio = pytest.importorskip("seqio")
+
+from tasks import codeio  # noqa: E402
+from tasks.feature_converters import ChatLMFeatureConverter  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """CodeI/O++ data: a weak model's first turn, the trace teacher's revisions."""
+    tmp = tmp_path_factory.mktemp("codeio")
+    with ChatServer(answer=student) as server:
+        spec = ChatTeacherSpec(base_url=server.base_url, model="student", api_key_env=None)
+        report = run_pipeline(work_dir=tmp / "run", source=small_corpus(tmp, 4), per_task=2, rounds=1,
+                              turn_teachers=[spec, TraceTeacherSpec()], shards=3, workers=2)
+    vocabulary = seqio.ByteVocabulary()
+    names = codeio.register_codeio_tasks(data_dir=report.work_dir / "tfrecords", vocabulary=vocabulary,
+                                         family="qwen2", prefix="test_")
+    yield report, vocabulary
+    for name in names:
+        seqio.TaskRegistry.remove(name)
+        seqio.MixtureRegistry.remove(name)
+
+
+def examples_of(name):
+    task = seqio.get_mixture_or_task(name)
+    return list(task.get_dataset(sequence_length=None, split="train", shuffle=False).as_numpy_iterator())
+
+
+def test_tasks_select_what_their_names_say(pipeline_run):
+    report, _ = pipeline_run
+    rows = {row["id"]: row for row in map(json.loads, report.examples.read_text().splitlines())}
+    assert len(report.shards) == 3
+    outputs = examples_of("test_codeio_output_prediction")
+    inputs = examples_of("test_codeio_input_prediction")
+    assert sorted(e["id"].decode() for e in outputs + inputs) == sorted(rows)
+    assert {rows[e["id"].decode()]["task"] for e in outputs} == {"output_prediction"}
+    single = examples_of("test_codeio_pp_single_turn")
+    revision = examples_of("test_codeio_pp_revision")
+    assert revision and {rows[e["id"].decode()]["turns"] for e in revision} == {2}
+    assert {rows[e["id"].decode()]["turns"] for e in single} <= {1}
+    assert len(single) + len(revision) == len(rows)
+
+
+def test_loss_falls_on_assistant_turns_only(pipeline_run):
+    report, vocabulary = pipeline_run
+    rows = {row["id"]: row for row in map(json.loads, report.examples.read_text().splitlines())}
+    [example, *_] = examples_of("test_codeio_pp_revision")
+    row = rows[example["id"].decode()]
+    ids, weights = example["targets"], example["loss_weights"]
+    assert len(ids) == len(weights)
+    trained = vocabulary.decode([int(i) for i, w in zip(ids, weights) if w])
+    assert trained == row["turn_1"] + "<|im_end|>" + row["turn_2"] + "<|im_end|>"
+    whole = vocabulary.decode(ids.tolist())
+    assert whole.startswith("<|im_start|>system\n" + row["system"])
+    assert REVISION.format(feedback=row["feedback_1"]) in whole  # the feedback as the teacher saw it
+    first_turn = examples_of("test_codeio_output_prediction")[0]
+    only = vocabulary.decode([int(i) for i, w in zip(first_turn["targets"], first_turn["loss_weights"]) if w])
+    assert only == rows[first_turn["id"].decode()]["turn_1"] + "<|im_end|>"
+
+
+def test_mixture_packs_through_the_chat_converter(pipeline_run):
+    mixture = seqio.get_mixture_or_task("test_codeio_pp")
+    dataset = seqio.get_dataset("test_codeio_pp", task_feature_lengths={"targets": 4096},
+                                dataset_split="train", shuffle=False,
+                                feature_converter=ChatLMFeatureConverter(pack=True))
+    batches = list(dataset.as_numpy_iterator())
+    assert mixture.tasks and batches
+    for batch in batches:
+        real = batch["decoder_segment_ids"] > 0
+        assert batch["decoder_loss_weights"][~real].sum() == 0
+        assert 0 < batch["decoder_loss_weights"].sum() < real.sum()
+
+
+def test_registration_fails_clearly_without_shards(tmp_path):
+    with pytest.raises(FileNotFoundError, match="write stage"):
+        codeio.register_codeio_tasks(data_dir=tmp_path, vocabulary=seqio.ByteVocabulary(), family="qwen2")
+
+
+def test_gemma_folds_the_system_message_into_the_first_user_turn():
+    from tasks.preprocessors import conversation
+
+    chat = conversation({"system": "S", "prompt": "P", "turn_1": "A"}, "gemma2", 1)
+    assert chat == [{"role": "user", "content": "S\n\nP"}, {"role": "assistant", "content": "A"}]
