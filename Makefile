@@ -25,6 +25,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ios_pairs.py
 	$(BIN)/python benchmarks/hostile_corpus.py
 	$(BIN)/python benchmarks/teacher_throughput.py
+	$(BIN)/python benchmarks/pipeline_e2e.py
+	$(BIN)/python benchmarks/pipeline_resume.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
