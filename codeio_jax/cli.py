@@ -192,10 +192,10 @@ def _pipeline(args) -> int:
         parse_gin(args.gin_file, args.gin_search_paths, bindings)
     except GinFlagError as exc:
         raise CommandError(str(exc)) from None
+    work_dir = args.work_dir or _bound_work_dir()
     if args.engine == "beam":
         from codeio_jax.data import beam_pipeline
 
-        work_dir = args.work_dir or _bound_work_dir()
         try:
             found = beam_pipeline.run_configured(work_dir, args.beam_args)
         except pipeline.PipelineError as exc:

@@ -65,3 +65,54 @@ def test_bad_python_is_a_clear_error(tmp_path):
     done = cli("sandbox-check", "--python", tmp_path / "no-such-python")
     assert done.returncode == 2
     assert "cannot start the sandbox interpreter" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_stage_commands_chain_to_the_pipelines_output(tmp_path):
+    """ios, prompts, respond, verify (twice), assemble, write one by one give
+    the files `codeio-jax pipeline` gives."""
+    source = tmp_path / "corpus.jsonl"
+    from codeio_jax.data.ios import DEFAULT_CORPUS
+
+    source.write_text("".join(DEFAULT_CORPUS.read_text().splitlines(keepends=True)[:3]))
+    whole = tmp_path / "whole"
+    done = cli("pipeline", "--gin_file", "data/codeio_pp.gin", "--work_dir", whole,
+               f"--gin.run_pipeline.source='{source}'", "--gin.run_pipeline.per_task=1", timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "respond_2" in done.stdout and "write" in done.stdout
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    chain = [("ios", source, "with_ios.jsonl", []),
+             ("prompts", "with_ios.jsonl", "prompts.jsonl", ["--per-task", 1]),
+             ("respond", "prompts.jsonl", "responses_1.jsonl", ["--turn", 1]),
+             ("verify", "responses_1.jsonl", "verdicts_1.jsonl", []),
+             ("respond", "verdicts_1.jsonl", "responses_2.jsonl", ["--turn", 2]),
+             ("verify", "responses_2.jsonl", "verdicts_2.jsonl", []),
+             ("assemble", "verdicts_2.jsonl", "examples.jsonl", [])]
+    for command, inp, out, extra in chain:
+        done = cli(command, "--in", steps / inp, "--out", steps / out, *extra)
+        assert done.returncode == 0, (command, done.stderr)
+        assert (steps / out).read_bytes() == (whole / out).read_bytes(), command
+    done = cli("write", "--in", steps / "examples.jsonl", "--out-dir", steps / "tfrecords")
+    assert done.returncode == 0 and "6 examples into 4 shards" in done.stdout
+    for shard in (whole / "tfrecords").glob("*.tfrecord-*"):
+        assert (steps / "tfrecords" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_pipeline_gin_errors_are_clear(tmp_path):
+    done = cli("pipeline", "--gin_file", "data/codeio.gin", "--work_dir", tmp_path,
+               "--gin.run_pipline.rounds=1")
+    assert done.returncode == 2 and "run_pipline" in done.stderr
+    done = cli("pipeline", "--gin_file", "data/nope.gin", "--work_dir", tmp_path)
+    assert done.returncode == 2 and "data/nope.gin" in done.stderr and "not found" in done.stderr
+    done = cli("pipeline", "--gin_file", "data/codeio.gin")
+    assert done.returncode == 2 and "work_dir" in done.stderr
+    done = cli("ios", "--in", "x", "--out", "y", "--gin.run_pipeline.rounds=1")
+    assert done.returncode == 2 and "unrecognized" in done.stderr
+
+
+def test_import_command(tmp_path):
+    source = tmp_path / "released.jsonl"
+    source.write_text(json.dumps({"prompt": 'predict ... {"output": <your output>}', "turn_1": "r",
+                                  "feedback_1": "", "turn_2": "", "feedback_2": ""}) + "\n")
+    done = cli("import", "--in", source, "--out", tmp_path / "examples.jsonl")
+    assert done.returncode == 0 and "1 in, 1 rows out, 0 errors" in done.stdout
