@@ -2,8 +2,9 @@
 
 Every dependency is pinned: a research result is only as reproducible as the
 environment that produced it. The core (sandbox, verification, scoring, the
-stages and the local driver) needs numpy, tqdm and gin-config; the heavy stacks
-are extras, so `codeio-jax score` and the GPU machines never need TensorFlow:
+stages and the local driver, the models and the trainer) needs numpy, tqdm,
+gin-config and the JAX stack, imported lazily so `codeio-jax score` pays for none
+of it; TensorFlow-based stacks are extras, which the GPU machines never need:
 `seqio` (TFRecords as SeqIO tasks, vocabularies), `beam` (the Beam driver).
 apache-beam needs protobuf below 7, and sentencepiece 0.2.3 needs 7: hence 0.2.1.
 """
@@ -22,6 +23,12 @@ setup(
         "tqdm==4.70.1",
         "gin-config==0.5.0",
         "google-crc32c==1.9.0",  # TFRecord checksums in C (a pure-Python fallback is 1000x slower)
+        # The models, the sampler and the trainer (imported only by the commands that use them).
+        "jax==0.10.2",
+        "flax==0.12.8",
+        "optax==0.2.8",
+        "orbax-checkpoint==0.12.8",
+        "safetensors==0.8.0",
     ],
     extras_require={
         "test": [
@@ -30,6 +37,9 @@ setup(
             # The reference for chat templates and tokenizers (tested against, never imported by the package).
             "transformers==5.24.0",
             "jinja2==3.1.6",
+            # Parity tests: transformers models with random weights. 2.13.0 is a CPU build on this
+            # machine's index; another spec may pull gigabytes of CUDA wheels.
+            "torch==2.13.0",
         ],
         "seqio": [
             "tensorflow==2.21.0",

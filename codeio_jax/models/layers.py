@@ -1,0 +1,216 @@
+"""The decoder's building blocks: norms, rotary embeddings, attention, MLP.
+
+Every parameter is created with logical axis names (nn.with_logical_partitioning)
+and big activations are constrained by name (nn.with_logical_constraint); the
+trainer's rules map the names onto a device mesh, and without rules both are
+no-ops. Names: batch, length, embed, heads, kv_heads, head_dim, mlp, vocab, experts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from codeio_jax.models.config import ModelConfig, RopeConfig
+
+Array = jax.Array
+
+
+def dense_init(names: tuple[str, ...], scale: float = 0.02):
+    return nn.with_logical_partitioning(nn.initializers.normal(scale), names)
+
+
+def zeros_init(names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * w, in float32 whatever the compute dtype; Gemma's variant
+    keeps w as an offset from one (x / rms(x) * (1 + w)) and casts after the
+    product, Llama's casts before it, as each reference implementation does."""
+
+    eps: float
+    plus_one: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        init = nn.initializers.zeros_init() if self.plus_one else nn.initializers.ones_init()
+        weight = self.param("weight", nn.with_logical_partitioning(init, ("embed",)), (x.shape[-1],),
+                            self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.plus_one:
+            return (normed * (1.0 + weight.astype(jnp.float32))).astype(self.dtype)
+        return weight.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def inverse_frequencies(rope: RopeConfig, dim: int) -> tuple[Array, float]:
+    """(inverse frequencies of the rotary pairs, attention scale factor)."""
+    inv = 1.0 / (rope.theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    if rope.kind == "llama3":
+        low_wavelen = rope.original_max_position_embeddings / rope.low_freq_factor
+        high_wavelen = rope.original_max_position_embeddings / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = jnp.where(wavelen > low_wavelen, inv / rope.factor, inv)
+        smooth = (rope.original_max_position_embeddings / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return jnp.where(medium, smoothed, scaled), 1.0
+    if rope.kind == "yarn":
+        return _yarn(rope, dim, inv)
+    return inv, 1.0
+
+
+def _yarn(rope: RopeConfig, dim: int, inv: Array) -> tuple[Array, float]:
+    """YaRN: interpolate the low frequencies by `factor`, keep the high ones,
+    ramp between them; attention is scaled by the ratio of the two mscales."""
+    base, original = rope.theta, rope.original_max_position_embeddings
+
+    def correction_dim(rotations):
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(rope.beta_fast)), 0)
+    high = min(math.ceil(correction_dim(rope.beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = jnp.clip((jnp.arange(dim // 2, dtype=jnp.float32) - low) / (high - low), 0, 1)
+    extrapolation = 1 - ramp
+    interpolated = inv / rope.factor
+    inv = interpolated * (1 - extrapolation) + inv * extrapolation
+
+    def mscale(scale, m):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    return inv, mscale(rope.factor, rope.mscale) / mscale(rope.factor, rope.mscale_all_dim)
+
+
+def rotary(x: Array, positions: Array, inv_freq: Array, factor: float = 1.0,
+           interleaved: bool = False) -> Array:
+    """Rotate [batch, length, heads, dim] by `positions` [batch, length]. The
+    default pairs dimension i with i + dim/2 (Hugging Face's rotate_half);
+    `interleaved` pairs 2i with 2i + 1 (DeepSeek's original weights)."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [b, t, dim/2]
+    cos = (jnp.cos(angles) * factor)[:, :, None, :]
+    sin = (jnp.sin(angles) * factor)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    if interleaved:
+        first, second = x32[..., 0::2], x32[..., 1::2]
+    else:
+        first, second = jnp.split(x32, 2, axis=-1)
+    out_first = first * cos - second * sin
+    out_second = second * cos + first * sin
+    if interleaved:
+        out = jnp.stack([out_first, out_second], axis=-1).reshape(x.shape)
+    else:
+        out = jnp.concatenate([out_first, out_second], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention_mask(q_positions: Array, k_positions: Array, q_segments: Array | None,
+                   k_segments: Array | None, window: int | None) -> Array:
+    """[batch, 1, q, k] booleans: causal by position, within a segment (packing),
+    within the window (sliding layers)."""
+    mask = k_positions[:, None, :] <= q_positions[:, :, None]
+    if q_segments is not None:
+        mask &= q_segments[:, :, None] == k_segments[:, None, :]
+    if window is not None:
+        mask &= k_positions[:, None, :] > q_positions[:, :, None] - window
+    return mask[:, None, :, :]
+
+
+def attend(q: Array, k: Array, v: Array, mask: Array, scale: float, softcap: float | None) -> Array:
+    """q [b, t, heads, d], k/v [b, s, kv_heads, d]: grouped-query attention.
+    Without soft-capping it is jax.nn.dot_product_attention (cuDNN's fused
+    kernel where the GPU can); with it (Gemma 2) the scores are capped by hand."""
+    if softcap is None:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+    groups = q.shape[2] // k.shape[2]
+    k = jnp.repeat(k, groups, axis=2)
+    v = jnp.repeat(v, groups, axis=2)
+    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhts,bshd->bthd", weights, v)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with rotary positions (Llama, Qwen 2.5, Gemma 2).
+    With a cache, the new keys and values are written at their positions and
+    the queries attend over the whole cache."""
+
+    config: ModelConfig
+    layer: int
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, segments: Array | None, cache: dict | None):
+        cfg = self.config
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+        def project(name, heads, names):
+            return nn.DenseGeneral((heads, cfg.head_dim), use_bias=cfg.qkv_bias, dtype=dtype, param_dtype=pdtype,
+                                   kernel_init=dense_init(("embed", *names)), bias_init=zeros_init(names),
+                                   name=name)(x)
+
+        q = project("q_proj", cfg.num_heads, ("heads", "head_dim"))
+        k = project("k_proj", cfg.num_kv_heads, ("kv_heads", "head_dim"))
+        v = project("v_proj", cfg.num_kv_heads, ("kv_heads", "head_dim"))
+        inv_freq, factor = inverse_frequencies(cfg.rope, cfg.head_dim)
+        q = rotary(q, positions, inv_freq, factor)
+        k = rotary(k, positions, inv_freq, factor)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        k, v, k_positions, k_segments, cache = write_cache(cache, k, v, positions, segments)
+        window = cfg.sliding_window if cfg.layer_slides(self.layer) else None
+        mask = attention_mask(positions, k_positions, segments, k_segments, window)
+        out = attend(q, k, v, mask, cfg.query_scale, cfg.attn_logit_softcap)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+        out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=dtype, param_dtype=pdtype,
+                              kernel_init=dense_init(("heads", "head_dim", "embed")), name="o_proj")(out)
+        return out, cache
+
+
+def write_cache(cache: dict | None, k: Array, v: Array, positions: Array, segments: Array | None):
+    """Without a cache: the keys are the new ones. With one ({"k", "v"}: [b, s,
+    kv_heads, d]), write the new keys and values at each row's positions (rows
+    may be at different positions) and attend over all s slots; slot j holds
+    position j, so causality by position leaves unwritten slots out."""
+    if cache is None:
+        return k, v, positions, segments, None
+    start = positions[:, 0]
+
+    def put(buffer, new, at):
+        return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), at, axis=0)
+
+    k_all = jax.vmap(put)(cache["k"], k, start)
+    v_all = jax.vmap(put)(cache["v"], v, start)
+    slots = jnp.broadcast_to(jnp.arange(k_all.shape[1])[None, :], k_all.shape[:2])
+    return k_all, v_all, slots, None, {"k": k_all, "v": v_all}
+
+
+class MLP(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU (silu) or GeGLU (tanh-approximated gelu)."""
+
+    config: ModelConfig
+    intermediate_size: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+        def dense(name, features, names):
+            return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=pdtype,
+                            kernel_init=dense_init(names), name=name)
+
+        gate = dense("gate_proj", self.intermediate_size, ("embed", "mlp"))(x)
+        up = dense("up_proj", self.intermediate_size, ("embed", "mlp"))(x)
+        act = jax.nn.silu(gate) if cfg.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+        hidden = nn.with_logical_constraint(act * up, ("batch", "length", "mlp"))
+        return dense("down_proj", cfg.hidden_size, ("mlp", "embed"))(hidden)
