@@ -121,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     _io_flags(imported)
     imported.set_defaults(handler=_import)
 
+    convert = sub.add_parser("convert", help="models between Hugging Face folders and codeio-jax checkpoints")
+    convert.add_argument("direction", choices=["hf-to-jax", "jax-to-hf"])
+    convert.add_argument("--in", dest="inp", required=True, type=Path,
+                         help="a Hugging Face folder (config.json + safetensors) or a codeio-jax checkpoint")
+    convert.add_argument("--out", required=True, type=Path, help="the folder to write (must not hold a model)")
+    convert.add_argument("--dtype", default=None, help="parameter dtype, e.g. bfloat16 (default: as stored)")
+    convert.add_argument("--max-shard-gb", type=float, default=5.0, help="jax-to-hf: safetensors shard size")
+    convert.set_defaults(handler=_convert)
+
     check = sub.add_parser("sandbox-check", help="show which sandbox protections this machine grants")
     check.add_argument("--hostile", action="store_true",
                        help="also run the hostile corpus and check that every program is contained")
@@ -312,6 +321,26 @@ def _import(args) -> int:
     errors = _errors_path(args)
     summary = stages.import_file(args.inp, args.out, errors)
     _print_stage("import", summary, args.out, errors)
+    return 0
+
+
+def _convert(args) -> int:
+    from codeio_jax.models import checkpoint, convert
+
+    if not args.inp.exists():
+        raise CommandError(f"{args.inp} does not exist")
+    try:
+        if args.direction == "hf-to-jax":
+            config, params = convert.load_hf(args.inp, dtype=args.dtype)
+            checkpoint.save(args.out, config, params)
+        else:
+            config, params = checkpoint.load(args.inp)
+            convert.save_hf(args.out, config, params, dtype=args.dtype,
+                            max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
+    except (convert.CheckpointError, FileNotFoundError, FileExistsError, TypeError) as exc:
+        raise CommandError(str(exc)) from None
+    count = sum(x.size for x in __import__("jax").tree_util.tree_leaves(params))
+    print(f"convert {args.direction}: {config.family}, {config.num_layers} layers, {count:,} parameters -> {args.out}")
     return 0
 
 

@@ -175,6 +175,10 @@ def _check_complete(config: ModelConfig, params: dict, folder) -> None:
     got = {"/".join(k.key for k in path): leaf.shape for path, leaf in
            jax.tree_util.tree_flatten_with_path(params)[0]}
     missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    if unexpected:
+        raise CheckpointError(f"{folder}: tensors the config has no place for (does num_hidden_layers match?): "
+                              f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
     if missing:
         raise CheckpointError(f"{folder}: missing tensors for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     wrong = [(k, got[k], want[k]) for k in want if tuple(got[k]) != tuple(want[k])]
