@@ -118,14 +118,44 @@ def _tensor_files(folder: Path) -> list[Path]:
     return files
 
 
-def iter_hf_tensors(folder: str | Path) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, array) of every tensor, one at a time."""
-    from safetensors import safe_open
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
+
+def _dtype(code: str):
+    if code == "BF16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    if code not in _DTYPES:
+        raise CheckpointError(f"safetensors dtype {code} is not supported")
+    return _DTYPES[code]
+
+
+def iter_hf_tensors(folder: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, array) of every tensor, one at a time, read with plain reads
+    rather than a memory map: a mapped file stays resident as it is read and
+    would count a second copy of the model by the end."""
     for path in _tensor_files(Path(folder)):
-        with safe_open(str(path), framework="numpy") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+        with open(path, "rb") as f:
+            header_size = int.from_bytes(f.read(8), "little")
+            try:
+                header = json.loads(f.read(header_size))
+            except ValueError:
+                raise CheckpointError(f"{path} is not a safetensors file") from None
+            base = 8 + header_size
+            entries = sorted(((name, info) for name, info in header.items() if name != "__metadata__"),
+                             key=lambda item: item[1]["data_offsets"][0])
+            for name, info in entries:
+                begin, end = info["data_offsets"]
+                array = np.empty(info["shape"], _dtype(info["dtype"]))
+                if array.nbytes != end - begin:
+                    raise CheckpointError(f"{path}: tensor {name} has {end - begin} bytes for shape "
+                                          f"{info['shape']} of {info['dtype']}")
+                f.seek(base + begin)
+                if f.readinto(memoryview(array.reshape(-1).view(np.uint8))) != array.nbytes:
+                    raise CheckpointError(f"{path} is truncated (tensor {name})")
+                yield name, array
 
 
 def load_hf(folder: str | Path, dtype: Any = None, **overrides) -> tuple[ModelConfig, dict]:
@@ -143,9 +173,9 @@ def load_hf(folder: str | Path, dtype: Any = None, **overrides) -> tuple[ModelCo
             match = pattern.match(name)
             if match:
                 path = template.format(*match.groups())
-                array = to_ours(tensor, layout, config)
-                # bfloat16 has no numpy dtype: safetensors hands it over as such through ml_dtypes.
-                _put(params, path, jax.device_put(np.ascontiguousarray(array).astype(dtype)))
+                array = np.ascontiguousarray(to_ours(tensor, layout, config)).astype(dtype, copy=False)
+                _put(params, path, jax.device_put(array))
+                del array
                 seen.add(path)
                 break
         else:
