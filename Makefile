@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/teacher_throughput.py
 	$(BIN)/python benchmarks/pipeline_e2e.py
 	$(BIN)/python benchmarks/pipeline_resume.py
+	$(BIN)/python benchmarks/checkpoint_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
