@@ -6,9 +6,9 @@
 3. Run the CodeI/O++ data pipeline (gin/data/codeio_pp.gin) on the embedded
    corpus with the trace teacher: I/O pairs, prompts, answers, verification, a
    revision round, examples, TFRecord shards.
-4. Register the SeqIO tasks over those shards and pack a batch of each mixture
-   through the chat feature converter (Qwen 2.5 chat format, a byte vocabulary:
-   nothing to download).
+4. Train a small byte-level BPE tokenizer.json on the examples (nothing to
+   download), register the SeqIO tasks over the shards with it (Qwen 2.5 chat
+   format) and pack a batch of each mixture through the chat feature converter.
 
 Later issues add training a small model on these tasks and evaluating it.
 """
@@ -95,9 +95,16 @@ def _seqio(report) -> None:
         return
     from tasks import codeio
     from tasks.feature_converters import ChatLMFeatureConverter
+    from tasks.tokenizer_training import train_bpe
+    from tasks.vocabularies import HFTokenizerVocabulary
 
-    names = codeio.register_codeio_tasks(data_dir=report.work_dir / "tfrecords",
-                                         vocabulary=seqio.ByteVocabulary(), family="qwen2")
+    examples = [json.loads(line) for line in report.examples.read_text().splitlines()]
+    texts = [example[field] for example in examples for field in ("prompt", "turn_1", "turn_2") if example[field]]
+    path = train_bpe(texts, report.work_dir / "tokenizer", family="qwen2", vocab_size=4096)
+    vocabulary = HFTokenizerVocabulary(path)
+    print(f"tokenizer: a byte-level BPE of {vocabulary.vocab_size} tokens trained on the examples ({path})")
+    names = codeio.register_codeio_tasks(data_dir=report.work_dir / "tfrecords", vocabulary=vocabulary,
+                                         family="qwen2")
     tasks = [name for name in names if name in codeio.TASK_NAMES]
     counts = {name: sum(1 for _ in seqio.get_mixture_or_task(name).get_dataset(
         sequence_length=None, split="train", shuffle=False)) for name in tasks}
