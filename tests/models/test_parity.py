@@ -111,3 +111,13 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
         convert.load_hf(tmp_path)
     with pytest.raises(convert.CheckpointError, match="no config.json"):
         convert.load_hf(tmp_path / "nowhere")
+
+
+def test_forward_fn_maps_tokens_to_logits(imported):
+    family, folder, model, _, _ = imported
+    tokens, mask = padded_batch(3)
+    logits = np.asarray(convert.forward_fn(folder)(tokens))
+    assert logits.shape == (3, 12, 128)
+    assert max_diff_on_real_tokens(logits, hf_logits(model, tokens, mask), mask) < 1e-4
+    bf16 = np.asarray(convert.forward_fn(folder, dtype="bfloat16")(tokens), np.float32)
+    assert (bf16.argmax(-1) == logits.argmax(-1)).mean() > 0.9  # bfloat16: close, not equal
