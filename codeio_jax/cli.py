@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     _io_flags(imported)
     imported.set_defaults(handler=_import)
 
+    train = sub.add_parser(
+        "train", help="train a model (gin-configured: gin/train/*.gin)",
+        description="T5X-style: --gin_file (repeatable), --gin_search_paths, --gin.NAME=VALUE, e.g. "
+                    "--gin.MODEL_DIR=\"'runs/x'\" --gin.train.steps=100.")
+    train.add_argument("--gin_file", action="append", default=[], help="a recipe (gin/train/*.gin)")
+    train.add_argument("--gin_search_paths", default="", help="comma-separated folders to find gin files in")
+    train.set_defaults(handler=_train, accepts_gin=True)
+
     convert = sub.add_parser("convert", help="models between Hugging Face folders and codeio-jax checkpoints")
     convert.add_argument("direction", choices=["hf-to-jax", "jax-to-hf"])
     convert.add_argument("--in", dest="inp", required=True, type=Path,
@@ -321,6 +329,35 @@ def _import(args) -> int:
     errors = _errors_path(args)
     summary = stages.import_file(args.inp, args.out, errors)
     _print_stage("import", summary, args.out, errors)
+    return 0
+
+
+def _train(args) -> int:
+    from codeio_jax.gin_flags import GinFlagError, parse_gin
+    from codeio_jax.training import configurables, partitioning
+
+    partitioning.initialize_distributed()
+    configurables.register_all()
+    try:
+        parse_gin(args.gin_file, args.gin_search_paths, args.gin_bindings)
+    except GinFlagError as exc:
+        raise CommandError(str(exc)) from None
+    from codeio_jax.training.trainer import train
+
+    def progress(row):
+        parts = [f"step {row['step']}", f"loss {row['loss']:.4f}", f"lr {row['learning_rate']:.2e}",
+                 f"grad_norm {row['grad_norm']:.3f}", f"{row['tokens_per_s']:,.0f} tokens/s"]
+        if "mfu" in row:
+            parts.append(f"MFU {100 * row['mfu']:.1f}%")
+        parts += [f"{k} {v:.2f}" for k, v in row.items() if k.startswith("eval/")]
+        print("  ".join(parts), flush=True)
+
+    try:
+        report = train(on_log=progress)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    resumed = f" (resumed at step {report.start_step})" if report.start_step else ""
+    print(f"train: steps {report.start_step}..{report.end_step}{resumed}; model_dir {report.model_dir}")
     return 0
 
 

@@ -28,6 +28,30 @@ def zeros_init(names: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
 
+class Projection(nn.Module):
+    """A dense layer over the last `contract` dimensions of x, whose kernel keeps
+    its full shape ([*in, *features]) so each dimension carries its own logical
+    name (flax's DenseGeneral initialises a flattened 2-D kernel, which a 3-D
+    name tuple cannot constrain)."""
+
+    features: tuple[int, ...]
+    names: tuple[str, ...]
+    contract: int = 1
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape = (*x.shape[x.ndim - self.contract:], *self.features)
+        kernel = self.param("kernel", dense_init(self.names), shape, self.param_dtype)
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract)
+        if self.use_bias:
+            bias_names = self.names[self.contract:]
+            y = y + self.param("bias", zeros_init(bias_names), self.features, self.param_dtype).astype(self.dtype)
+        return y
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * w, in float32 whatever the compute dtype; Gemma's variant
     keeps w as an offset from one (x / rms(x) * (1 + w)) and casts after the
@@ -155,9 +179,8 @@ class Attention(nn.Module):
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
         def project(name, heads, names):
-            return nn.DenseGeneral((heads, cfg.head_dim), use_bias=cfg.qkv_bias, dtype=dtype, param_dtype=pdtype,
-                                   kernel_init=dense_init(("embed", *names)), bias_init=zeros_init(names),
-                                   name=name)(x)
+            return Projection((heads, cfg.head_dim), ("embed", *names), use_bias=cfg.qkv_bias, dtype=dtype,
+                              param_dtype=pdtype, name=name)(x)
 
         q = project("q_proj", cfg.num_heads, ("heads", "head_dim"))
         k = project("k_proj", cfg.num_kv_heads, ("kv_heads", "head_dim"))
@@ -171,8 +194,8 @@ class Attention(nn.Module):
         mask = attention_mask(positions, k_positions, segments, k_segments, window)
         out = attend(q, k, v, mask, cfg.query_scale, cfg.attn_logit_softcap)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
-        out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=dtype, param_dtype=pdtype,
-                              kernel_init=dense_init(("heads", "head_dim", "embed")), name="o_proj")(out)
+        out = Projection((cfg.hidden_size,), ("heads", "head_dim", "embed"), contract=2, dtype=dtype,
+                         param_dtype=pdtype, name="o_proj")(out)
         return out, cache
 
 

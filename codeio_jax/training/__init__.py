@@ -1,0 +1,1 @@
+"""The trainer: partitioning, input, step, checkpoints, metrics, evaluation."""

@@ -1,0 +1,68 @@
+"""What a run reports at each logged step: loss, learning rate, gradient norm,
+tokens/s and MFU, to `<model_dir>/metrics.jsonl` (one JSON object per logged
+step), to TensorBoard, and to a callback (the CLI prints a progress line).
+
+MFU = (training FLOPs per token, counted in step.flops_per_token) x tokens/s
+      / (peak bf16 FLOP/s per device x devices).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import jax
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
+PEAK_BF16_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+}
+
+
+def peak_flops_per_device() -> float | None:
+    """The table's entry for this machine's device kind (None when unknown, e.g. CPU)."""
+    kind = jax.devices()[0].device_kind
+    for name in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if name.lower() in kind.lower():
+            return PEAK_BF16_FLOPS[name]
+    return None
+
+
+class MetricsLog:
+    def __init__(self, model_dir, flops_per_token: float, peak_flops: float | None, devices: int,
+                 on_log: Callable[[dict], None] | None = None):
+        self.flops_per_token, self.peak_flops, self.devices = flops_per_token, peak_flops, devices
+        self.on_log = on_log
+        self.primary = jax.process_index() == 0
+        self.jsonl = None
+        self.writer = None
+        if self.primary:
+            from codeio_jax.training.tensorboard import SummaryWriter
+
+            folder = Path(str(model_dir))
+            folder.mkdir(parents=True, exist_ok=True)
+            self.jsonl = open(folder / "metrics.jsonl", "a", encoding="utf-8")
+            self.writer = SummaryWriter(folder / "tensorboard")
+
+    def write(self, step: int, metrics: dict, tokens_per_s: float, extra: dict | None = None) -> dict:
+        row = {"step": step, **{key: float(value) for key, value in metrics.items()},
+               "tokens_per_s": tokens_per_s}
+        if self.peak_flops:
+            row["mfu"] = self.flops_per_token * tokens_per_s / (self.peak_flops * self.devices)
+        row.update(extra or {})
+        if self.primary:
+            self.jsonl.write(json.dumps(row) + "\n")
+            self.jsonl.flush()
+            self.writer.scalars({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
+                                step)
+        if self.on_log:
+            self.on_log(row)
+        return row
+
+    def close(self) -> None:
+        if self.primary:
+            self.jsonl.close()
+            self.writer.close()

@@ -1,0 +1,104 @@
+"""The device mesh and the rules that place every array on it.
+
+A mesh has three axes, sized by gin: `data` (pure data parallelism), `fsdp`
+(data parallelism whose parameters and optimizer state are sharded too) and
+`tensor` (Megatron-style splits of heads and MLP). -1 takes the devices the
+others leave. Logical axis names, which the model puts on every parameter and
+big activation, map onto mesh axes through `rules`: an array dimension takes
+the first rule of its name whose mesh axes the array does not use already, so
+the same "embed" is sharded over fsdp in a weight and left whole in an
+activation whose batch dimension took fsdp first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXES = ("data", "fsdp", "tensor")
+
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("experts", None),
+)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: tuple = DEFAULT_RULES
+
+    def shape(self, device_count: int) -> tuple[int, int, int]:
+        sizes = [self.data, self.fsdp, self.tensor]
+        free = [i for i, size in enumerate(sizes) if size == -1]
+        if len(free) > 1:
+            raise ValueError("at most one mesh axis may be -1 (take the rest)")
+        if any(size == 0 or size < -1 for size in sizes):
+            raise ValueError(f"mesh axes must be positive or -1, got data={self.data}, fsdp={self.fsdp}, "
+                             f"tensor={self.tensor}")
+        fixed = math.prod(size for size in sizes if size != -1)
+        if free:
+            if device_count % fixed:
+                raise ValueError(f"{device_count} devices do not split into fsdp x tensor = {fixed}")
+            sizes[free[0]] = device_count // fixed
+        if math.prod(sizes) != device_count:
+            raise ValueError(f"the mesh data x fsdp x tensor = {sizes} needs {math.prod(sizes)} devices; "
+                             f"there are {device_count}")
+        return tuple(sizes)
+
+
+def make_mesh(config: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    shape = config.shape(len(devices))
+    try:
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, devices)
+    except (ValueError, NotImplementedError, AssertionError):
+        # CPU and odd topologies: any order is as good as another.
+        grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, AXES)
+
+
+def shardings(logical_tree: Any, mesh: Mesh, rules: Sequence) -> Any:
+    """NamedShardings for a tree of logical PartitionSpecs (decoder.logical_axes)."""
+    return nn.logical_to_mesh_sharding(logical_tree, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules: Sequence) -> NamedSharding:
+    """Where a [batch, length] input array goes."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", "length"), rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def initialize_distributed() -> None:
+    """Join the other processes of a multi-host job (a TPU pod slice, several
+    GPU nodes); nothing on one host. Must run before anything touches the devices."""
+    import os
+
+    multi = ("," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+             or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+             or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+             or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
+    if multi:
+        jax.distributed.initialize()

@@ -1,0 +1,110 @@
+"""The train state and one training step.
+
+The step: forward in the compute dtype (bfloat16 on accelerators) over float32
+master weights, masked cross-entropy in float32 (the loss falls only where
+`decoder_loss_weights` is 1: assistant turns, targets) with an optional
+z-loss, gradients, AdamW. Its FLOPs are counted in `flops_per_token`, the
+numerator of MFU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from codeio_jax.models.config import ModelConfig
+from codeio_jax.models.decoder import Decoder
+
+BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
+              "decoder_positions")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def init_state(config: ModelConfig, optimizer: optax.GradientTransformation, seed: int,
+               unbox: bool = True) -> TrainState:
+    """A fresh state. With unbox=False the parameters and the optimizer slots
+    keep their logical-axis boxes (for jax.eval_shape: where each goes)."""
+    import flax.linen as nn
+
+    from codeio_jax.models.decoder import init_params
+
+    rng, init_rng = jax.random.split(jax.random.PRNGKey(seed))
+    params = init_params(config, init_rng)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng)
+    return nn.meta.unbox(state) if unbox else state
+
+
+def loss_fn(params, model: Decoder, batch: dict, z_loss: float):
+    logits, _ = model.apply({"params": params}, batch["decoder_input_tokens"], batch["decoder_positions"],
+                            batch["decoder_segment_ids"])
+    logits = logits.astype(jnp.float32)
+    targets = batch["decoder_target_tokens"]
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = log_z - target_logit
+    tokens = jnp.maximum(weights.sum(), 1.0)
+    loss = (nll * weights).sum() / tokens
+    z = (jnp.square(log_z) * weights).sum() / tokens
+    total = loss + z_loss * z
+    correct = ((logits.argmax(-1) == targets) * weights).sum()
+    return total, {"loss": loss, "z_loss": z, "accuracy": correct / tokens, "loss_tokens": weights.sum()}
+
+
+def train_step(state: TrainState, batch: dict, model: Decoder, optimizer: optax.GradientTransformation,
+               schedule: optax.Schedule, z_loss: float = 0.0) -> tuple[TrainState, dict]:
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, model, batch, z_loss)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["learning_rate"] = schedule(_optimizer_step(state, optimizer))
+    rng, _ = jax.random.split(state.rng)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+
+
+def _optimizer_step(state: TrainState, optimizer) -> jax.Array:
+    """The update count the schedule is at (with accumulation, micro-steps / k)."""
+    inner = getattr(state.opt_state, "gradient_step", None)
+    return inner if inner is not None else state.step
+
+
+def flops_per_token(config: ModelConfig, length: int) -> float:
+    """Training FLOPs per token: 6 x (matmul parameters touched per token) for the
+    forward and backward passes, plus attention's score and value matmuls
+    (12 x layers x length x heads x head_dim, causal masking not discounted, as
+    PaLM's MFU counts them). MoE counts only the experts a token uses."""
+    d, layers = config.hidden_size, config.num_layers
+    if config.mla is not None:
+        mla = config.mla
+        q = d * config.num_heads * (mla.qk_nope_head_dim + mla.qk_rope_head_dim) if mla.q_lora_rank is None else (
+            d * mla.q_lora_rank + mla.q_lora_rank * config.num_heads * (mla.qk_nope_head_dim + mla.qk_rope_head_dim))
+        attention = (q + d * (mla.kv_lora_rank + mla.qk_rope_head_dim)
+                     + mla.kv_lora_rank * config.num_heads * (mla.qk_nope_head_dim + mla.v_head_dim)
+                     + config.num_heads * mla.v_head_dim * d)
+        score_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim + mla.v_head_dim
+    else:
+        attention = d * config.head_dim * (2 * config.num_heads + 2 * config.num_kv_heads)
+        score_dim = 2 * config.head_dim
+    dense_mlp = 3 * d * config.intermediate_size
+    mlp_total = 0
+    for layer in range(layers):
+        if config.layer_is_moe(layer):
+            moe = config.moe
+            active = moe.experts_per_token + moe.num_shared_experts
+            mlp_total += 3 * d * moe.expert_intermediate_size * active + d * moe.num_experts
+        else:
+            mlp_total += dense_mlp
+    matmul_params = layers * attention + mlp_total + d * config.vocab_size
+    return 6.0 * matmul_params + 6.0 * layers * length * config.num_heads * score_dim

@@ -1,0 +1,110 @@
+"""The training loop, configured by gin (gin/train/*.gin).
+
+    mesh -> sharded state (initialised or restored) -> for each step:
+      batch (host numpy -> global arrays) -> jitted step -> metrics, checkpoints, evaluation
+
+Every parameter and optimizer slot is placed by its logical axis names
+(partitioning.py); the step is compiled once with those shardings (pjit).
+A restarted run finds its newest checkpoint and continues from it: state,
+RNG and input position included, so on CPU its losses equal an uninterrupted
+run's bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+from codeio_jax.models.config import ModelConfig
+from codeio_jax.models.decoder import Decoder
+from codeio_jax.training import partitioning
+from codeio_jax.training.checkpoints import Checkpoints
+from codeio_jax.training.input import to_global
+from codeio_jax.training.metrics import MetricsLog, peak_flops_per_device
+from codeio_jax.training.optimizer import OptimizerConfig, make_optimizer
+from codeio_jax.training.step import TrainState, flops_per_token, init_state, train_step
+
+
+@dataclasses.dataclass
+class TrainReport:
+    model_dir: Path
+    start_step: int
+    end_step: int
+    last_metrics: dict
+    config: ModelConfig
+
+
+@gin.configurable
+def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, inputs: Any = gin.REQUIRED,
+          steps: int = 1000, optimizer: OptimizerConfig = OptimizerConfig(),
+          mesh: partitioning.MeshConfig = partitioning.MeshConfig(), seed: int = 0, z_loss: float = 0.0,
+          compute_dtype: str = "bfloat16", remat: str | None = None, log_every: int = 10,
+          checkpoint_every: int = 500, keep_checkpoints: int = 3, async_checkpoints: bool = True,
+          evaluate: Callable[[ModelConfig, Any, int], dict] | None = None, eval_every: int = 0,
+          peak_flops: float | None = None, on_log: Callable[[dict], None] | None = None) -> TrainReport:
+    """Train `model` on `inputs` (SeqioInput or SyntheticInput) for `steps` steps
+    (micro-batches; with accumulation, steps / k optimizer updates), writing
+    checkpoints, metrics.jsonl and TensorBoard events under `model_dir`.
+
+    compute_dtype: activations and matmuls (float32 master weights either way).
+    evaluate: called as evaluate(config, params, step) every `eval_every` steps
+      and at the end; its numbers are logged with the step's.
+    peak_flops: per device, for MFU (default: looked up from the device kind).
+    """
+    model_dir = Path(model_dir) if "://" not in str(model_dir) else model_dir
+    config = model.replace(dtype=compute_dtype, param_dtype="float32",
+                           **({"remat": remat} if remat is not None else {}))
+    device_mesh = partitioning.make_mesh(mesh)
+    rules = mesh.rules
+    tx, schedule = make_optimizer(optimizer, max(steps // optimizer.accumulation_steps, 1))
+    boxed = jax.eval_shape(functools.partial(init_state, config, tx, seed, unbox=False))
+    state_shardings = partitioning.shardings(nn.get_partition_spec(boxed), device_mesh, rules)
+    shapes = jax.eval_shape(functools.partial(init_state, config, tx, seed))
+    batch_sharding = partitioning.batch_sharding(device_mesh, rules)
+    checkpoints = Checkpoints(model_dir, keep=keep_checkpoints, every=checkpoint_every,
+                              async_save=async_checkpoints)
+    decoder = Decoder(config)
+    step_fn = jax.jit(functools.partial(train_step, model=decoder, optimizer=tx, schedule=schedule, z_loss=z_loss),
+                      in_shardings=(state_shardings, batch_sharding),
+                      out_shardings=(state_shardings, partitioning.replicated(device_mesh)), donate_argnums=0)
+    with jax.set_mesh(device_mesh), nn.logical_axis_rules(rules):
+        if checkpoints.latest_step() is not None:
+            abstract = jax.tree_util.tree_map(
+                lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
+                shapes, state_shardings)
+            state, position = checkpoints.restore(abstract)
+            inputs.skip_to(position)
+        else:
+            state = jax.jit(functools.partial(init_state, config, tx, seed), out_shardings=state_shardings)()
+        start = int(state.step)
+        length = inputs.length
+        log = MetricsLog(model_dir, flops_per_token(config, length),
+                         peak_flops or peak_flops_per_device(), jax.device_count(), on_log=on_log)
+        metrics: dict = {}
+        clock = time.perf_counter()
+        tokens_since = 0
+        for step in range(start, steps):
+            batch = to_global(next(inputs), batch_sharding)
+            state, metrics = step_fn(state, batch)
+            tokens_since += inputs.batch_size * length
+            done = step + 1
+            if done % log_every == 0 or done == steps:
+                metrics = jax.device_get(metrics)
+                elapsed = time.perf_counter() - clock
+                extra = evaluate(config, state.params, done) if evaluate and eval_every and \
+                    done % eval_every == 0 else {}
+                log.write(done, metrics, tokens_since / elapsed, extra)
+                clock, tokens_since = time.perf_counter(), 0
+            checkpoints.save(done, state, inputs.position, force=done == steps)
+        checkpoints.close()
+        log.close()
+    final = {key: float(value) for key, value in jax.device_get(metrics).items()} if metrics else {}
+    return TrainReport(Path(str(model_dir)), start, max(start, steps), final, config)
