@@ -9,6 +9,7 @@ families we export. Presets give the paper's exact sizes and tiny test sizes.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 FAMILIES = ("llama", "qwen2", "gemma2", "deepseek_v2")
@@ -121,7 +122,12 @@ class ModelConfig:
         if self.query_pre_attn_scalar is not None:
             return self.query_pre_attn_scalar ** -0.5
         if self.mla is not None:
-            return (self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim) ** -0.5
+            scale = (self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim) ** -0.5
+            rope = self.rope
+            if rope.kind != "default" and rope.mscale_all_dim and rope.factor > 1:
+                # DeepSeek-V2 (and transformers) scale the softmax by YaRN's mscale(factor, mscale_all_dim) squared.
+                scale *= (0.1 * rope.mscale_all_dim * math.log(rope.factor) + 1.0) ** 2
+            return scale
         return self.head_dim ** -0.5
 
 

@@ -49,6 +49,12 @@ _COMMON = [
 ]
 
 
+# Layouts starting with this take one HF tensor per expert (the pattern's last
+# group is the expert index) to one of our arrays stacked over experts on axis 0;
+# the rest of the name is the layout of each slice.
+PER_EXPERT = "per_expert_"
+
+
 def _rules(config: ModelConfig) -> list[tuple[re.Pattern, str, str]]:
     rules = list(_COMMON)
     if config.family == "deepseek_v2":
@@ -70,6 +76,8 @@ def to_ours(tensor: np.ndarray, layout: str, config: ModelConfig) -> np.ndarray:
     if layout in ("bias_heads", "bias_kv_heads"):
         heads = config.num_heads if layout == "bias_heads" else config.num_kv_heads
         return tensor.reshape(heads, d)
+    if layout == "in_heads_any":  # [heads * any, in] -> [in, heads, any] (DeepSeek's kv_b_proj)
+        return tensor.T.reshape(tensor.shape[1], config.num_heads, -1)
     if layout == "heads_out":
         return tensor.T.reshape(config.num_heads, -1, tensor.shape[0])
     if layout == "experts_transpose":  # [experts, out, in] -> [experts, in, out]
@@ -82,7 +90,7 @@ def to_hf(array: np.ndarray, layout: str) -> np.ndarray:
         return array
     if layout == "transpose":
         return array.T
-    if layout in ("in_heads", "in_kv_heads"):
+    if layout in ("in_heads", "in_kv_heads", "in_heads_any"):
         return array.reshape(array.shape[0], -1).T
     if layout in ("bias_heads", "bias_kv_heads"):
         return array.reshape(-1)
@@ -166,6 +174,7 @@ def load_hf(folder: str | Path, dtype: Any = None, **overrides) -> tuple[ModelCo
     rules = _rules(config)
     params: dict = {}
     seen = set()
+    experts: dict[str, dict[int, np.ndarray]] = {}  # per-expert slices until a stack is complete
     for name, tensor in iter_hf_tensors(folder):
         if name.endswith("rotary_emb.inv_freq"):
             continue  # recomputed from the config
@@ -173,7 +182,19 @@ def load_hf(folder: str | Path, dtype: Any = None, **overrides) -> tuple[ModelCo
             match = pattern.match(name)
             if match:
                 path = template.format(*match.groups())
-                array = np.ascontiguousarray(to_ours(tensor, layout, config)).astype(dtype, copy=False)
+                if layout.startswith(PER_EXPERT):
+                    index, count = int(match.groups()[-1]), _num_experts(config)
+                    if index >= count:
+                        raise CheckpointError(f"{folder}: tensor {name!r} is expert {index}; the config has {count}")
+                    slices = experts.setdefault(path, {})
+                    slices[index] = to_ours(tensor, layout[len(PER_EXPERT):], config)
+                    if len(slices) < count:
+                        break
+                    array = np.stack([slices[i] for i in range(count)])
+                    del experts[path], slices
+                else:
+                    array = to_ours(tensor, layout, config)
+                array = np.ascontiguousarray(array).astype(dtype, copy=False)
                 _put(params, path, jax.device_put(array))
                 del array
                 seen.add(path)
@@ -181,10 +202,17 @@ def load_hf(folder: str | Path, dtype: Any = None, **overrides) -> tuple[ModelCo
         else:
             raise CheckpointError(f"{folder}: tensor {name!r} matches nothing in the {config.family} layout")
         del tensor
+    if experts:
+        path, slices = next(iter(experts.items()))
+        raise CheckpointError(f"{folder}: {path} has {len(slices)} of {_num_experts(config)} experts")
     if config.tie_embeddings:
         params.pop("lm_head", None)
     _check_complete(config, params, folder)
     return config, params
+
+
+def _num_experts(config: ModelConfig) -> int:
+    return config.moe.num_experts if config.moe is not None else 0
 
 
 def _put(tree: dict, path: str, value) -> None:
@@ -257,22 +285,30 @@ def _hf_tensors(config: ModelConfig, params: dict, dtype) -> Iterator[tuple[str,
         array = np.asarray(jax.device_get(leaf))
         if dtype is not None:
             array = array.astype(jnp.dtype(dtype))
-        yield name, to_hf(array, layout)
+        if layout.startswith(PER_EXPERT):
+            for expert_name, expert in zip(name, array, strict=True):
+                yield expert_name, to_hf(expert, layout[len(PER_EXPERT):])
+        else:
+            yield name, to_hf(array, layout)
 
 
-def _hf_names(config: ModelConfig) -> dict[str, tuple[str, str]]:
-    """Our path -> (HF name, layout), by instantiating every rule for every layer."""
-    names = {}
+def _hf_names(config: ModelConfig) -> dict[str, tuple[Any, str]]:
+    """Our path -> (HF name, layout), by instantiating every rule for every
+    layer; per-expert layouts get the list of HF names in expert order."""
+    names: dict[str, tuple[Any, str]] = {}
     for pattern, template, layout in _rules(config):
         source = pattern.pattern[:-2]  # drop the \Z
         groups = re.compile(source).groups
-        for combo in _group_values(source, groups, config):
+        for combo in _group_values(source, groups, config, layout):
             hf = _fill(source, combo)
-            names[template.format(*combo)] = (hf, layout)
+            if layout.startswith(PER_EXPERT):  # the expert index varies fastest: appended in order
+                names.setdefault(template.format(*combo), ([], layout))[0].append(hf)
+            else:
+                names[template.format(*combo)] = (hf, layout)
     return names
 
 
-def _group_values(source: str, groups: int, config: ModelConfig):
+def _group_values(source: str, groups: int, config: ModelConfig, layout: str):
     if groups == 0:
         yield ()
         return
@@ -282,6 +318,8 @@ def _group_values(source: str, groups: int, config: ModelConfig):
             options.append([str(i) for i in range(config.num_layers)])
         else:
             options.append(alternatives.split("|"))
+    if layout.startswith(PER_EXPERT):
+        options[-1] = [str(i) for i in range(_num_experts(config))]
     import itertools
 
     yield from itertools.product(*options)
