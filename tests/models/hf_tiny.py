@@ -29,7 +29,7 @@ MODEL_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemm
 
 
 def tiny_model(family: str, folder: Path, seed: int = 0, max_shard_size: str | None = None):
-    """A random model (weights ~ N(0, 0.1): peaked logits, so small errors show),
+    """A random model (weights ~ N(0, 0.1), norms ~ N(1, 0.1): peaked logits, so small errors show),
     saved to `folder`; returns the torch model."""
     import torch
     import transformers as tr
@@ -37,8 +37,11 @@ def tiny_model(family: str, folder: Path, seed: int = 0, max_shard_size: str | N
     torch.manual_seed(seed)
     model = getattr(tr, MODEL_CLASSES[family])(hf_config(family)).eval()
     with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0, 0.1)
+        for name, parameter in model.named_parameters():
+            # Norm weights near 1 (Gemma stores 1 + w, so near 0 there): near-zero norms
+            # would flatten every logit and hide a wrong attention scale.
+            centre = 1.0 if "norm" in name and family != "gemma2" else 0.0
+            parameter.normal_(centre, 0.1)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(folder, **kwargs)
     return model
