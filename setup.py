@@ -29,6 +29,7 @@ setup(
         "optax==0.2.8",
         "orbax-checkpoint==0.12.8",
         "safetensors==0.8.0",
+        "matplotlib==3.11.2",  # the loss curve of a run's report
     ],
     extras_require={
         "test": [
