@@ -72,6 +72,7 @@ def register_codeio_tasks(data_dir: str | Path = gin.REQUIRED, vocabulary: seqio
         seqio.TaskRegistry.add(full, source=source, output_features=features, preprocessors=[
             functools.partial(preprocessors.keep, statuses=statuses, **selection),
             functools.partial(preprocessors.chat_targets, family=family, max_turns=turns),
+            preprocessors.drop_too_long,
         ])
         names.append(full)
     sizes = task_sizes(Path(data_dir))

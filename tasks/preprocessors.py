@@ -92,3 +92,13 @@ def keep(dataset: tf.data.Dataset, tasks: tuple[str, ...] = (), min_turns: int =
         return ok
 
     return dataset.filter(wanted)
+
+
+def drop_too_long(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None = None) -> tf.data.Dataset:
+    """Drop examples longer than the packed length: trimming would cut off the
+    answers at the end (the only tokens with loss), leaving examples that teach
+    nothing. SeqIO passes the run's lengths; without them (inspection) all stay."""
+    if not sequence_length or not sequence_length.get("targets"):
+        return dataset
+    limit = sequence_length["targets"]
+    return dataset.filter(lambda example: tf.shape(example["targets"])[0] <= limit)

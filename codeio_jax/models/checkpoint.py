@@ -1,5 +1,7 @@
 """Our own model checkpoints: the parameters as an Orbax checkpoint beside our
-config (model_config.json), the form the trainer starts from and writes.
+config (model_config.json), the form the trainer starts from. A training run's
+folder (model_config.json + checkpoints/) reads the same way: the parameters of
+its newest checkpoint.
 
     save(folder, config, params) / load(folder) -> (config, params)
 
@@ -46,12 +48,25 @@ def save(folder: str | Path, config: ModelConfig, params: dict) -> Path:
     return folder
 
 
-def load(folder: str | Path) -> tuple[ModelConfig, dict]:
+def load(folder: str | Path, target=None) -> tuple[ModelConfig, dict]:
+    """(config, params); with `target` (a tree of jax.ShapeDtypeStruct with
+    shardings) each array is read straight into its place on the mesh."""
     import orbax.checkpoint as ocp
 
     folder = Path(folder).absolute()
-    if not (folder / CONFIG_FILE).exists() or not (folder / PARAMS_DIR).exists():
+    runs = sorted((int(p.name) for p in (folder / "checkpoints").glob("*") if p.name.isdigit()),
+                  reverse=True) if (folder / "checkpoints").is_dir() else []
+    if not (folder / CONFIG_FILE).exists() or not ((folder / PARAMS_DIR).exists() or runs):
         raise FileNotFoundError(f"{folder} is not a codeio-jax model checkpoint ({CONFIG_FILE} and "
-                                f"{PARAMS_DIR}/ expected)")
+                                f"{PARAMS_DIR}/ expected) nor a training run's folder (checkpoints/)")
     config = config_from_dict(json.loads((folder / CONFIG_FILE).read_text()))
-    return config, ocp.StandardCheckpointer().restore(folder / PARAMS_DIR)
+    if (folder / PARAMS_DIR).exists():
+        return config, ocp.StandardCheckpointer().restore(folder / PARAMS_DIR, target)
+    # A training run: the parameters of its newest checkpoint (the optimizer state stays behind).
+    state = ocp.StandardCheckpointer().restore(folder / "checkpoints" / str(runs[0]) / "state")
+    params = state["params"] if isinstance(state, dict) else state.params
+    if target is not None:
+        import jax
+
+        params = jax.tree_util.tree_map(lambda value, want: jax.device_put(value, want.sharding), params, target)
+    return config, params

@@ -29,4 +29,4 @@ def register_all() -> None:
         import seqio  # noqa: F401
     except ImportError:
         return
-    from tasks import codeio, cruxeval, vocabularies  # noqa: F401
+    from tasks import codeio, cruxeval, instruct, vocabularies  # noqa: F401

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -49,7 +50,8 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
           compute_dtype: str = "bfloat16", remat: str | None = None, log_every: int = 10,
           checkpoint_every: int = 500, keep_checkpoints: int = 3, async_checkpoints: bool = True,
           evaluate: Callable[[ModelConfig, Any, int], dict] | None = None, eval_every: int = 0,
-          peak_flops: float | None = None, on_log: Callable[[dict], None] | None = None) -> TrainReport:
+          peak_flops: float | None = None, init_from: str | Path | None = None,
+          on_log: Callable[[dict], None] | None = None) -> TrainReport:
     """Train `model` on `inputs` (SeqioInput or SyntheticInput) for `steps` steps
     (micro-batches; with accumulation, steps / k optimizer updates), writing
     checkpoints, metrics.jsonl and TensorBoard events under `model_dir`.
@@ -58,6 +60,9 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
     evaluate: called as evaluate(config, params, step) every `eval_every` steps
       and at the end; its numbers are logged with the step's.
     peak_flops: per device, for MFU (default: looked up from the device kind).
+    init_from: a codeio-jax model checkpoint (models/checkpoint.py) to start from
+      instead of random weights (stage 2 from stage 1; a converted HF model); a
+      run that has its own checkpoints resumes from those instead.
     """
     model_dir = Path(model_dir) if "://" not in str(model_dir) else model_dir
     config = model.replace(dtype=compute_dtype, param_dtype="float32",
@@ -82,9 +87,16 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
                 shapes, state_shardings)
             state, position = checkpoints.restore(abstract)
             inputs.skip_to(position)
+        elif init_from is not None:
+            state = _state_from_model(init_from, config, tx, seed, shapes, state_shardings)
         else:
             state = jax.jit(functools.partial(init_state, config, tx, seed), out_shardings=state_shardings)()
         start = int(state.step)
+        if jax.process_index() == 0 and "://" not in str(model_dir):
+            from codeio_jax.models.checkpoint import CONFIG_FILE, config_to_dict
+
+            Path(model_dir).mkdir(parents=True, exist_ok=True)
+            (Path(model_dir) / CONFIG_FILE).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
         length = inputs.length
         log = MetricsLog(model_dir, flops_per_token(config, length),
                          peak_flops or peak_flops_per_device(), jax.device_count(), on_log=on_log)
@@ -108,3 +120,25 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
         log.close()
     final = {key: float(value) for key, value in jax.device_get(metrics).items()} if metrics else {}
     return TrainReport(Path(str(model_dir)), start, max(start, steps), final, config)
+
+
+def _state_from_model(folder, config: ModelConfig, tx, seed: int, shapes: TrainState,
+                      shardings: TrainState) -> TrainState:
+    """A fresh train state around the parameters of a model checkpoint, read
+    straight into their shardings."""
+    from codeio_jax.models import checkpoint
+
+    target = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                    shapes.params, shardings.params)
+    saved, params = checkpoint.load(folder, target)
+    architecture = ("family", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                    "num_kv_heads", "head_dim")
+    different = [name for name in architecture if getattr(saved, name) != getattr(config, name)]
+    if different:
+        raise ValueError(f"init_from {folder} holds another architecture ({', '.join(different)} differ)")
+
+    def fresh(params):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jax.random.split(jax.random.PRNGKey(seed))[0])
+
+    return jax.jit(fresh, out_shardings=shardings)(params)
