@@ -28,6 +28,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_e2e.py
 	$(BIN)/python benchmarks/pipeline_resume.py
 	$(BIN)/python benchmarks/checkpoint_memory.py
+	$(BIN)/python benchmarks/model_parity.py
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/input_pipeline.py
+	$(BIN)/python benchmarks/train_resume.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
