@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gin_search_paths", default="", help="comma-separated folders to find gin files in")
     train.set_defaults(handler=_train, accepts_gin=True)
 
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a model on SeqIO eval tasks by generation (gin: gin/eval/*.gin)",
+        description="T5X-style gin flags, e.g. --gin_file eval/cruxeval.gin --gin.CHECKPOINT=\"'runs/x'\"")
+    evaluate.add_argument("--gin_file", action="append", default=[], help="an eval recipe (gin/eval/*.gin)")
+    evaluate.add_argument("--gin_search_paths", default="", help="comma-separated folders to find gin files in")
+    evaluate.set_defaults(handler=_eval, accepts_gin=True)
+
     convert = sub.add_parser("convert", help="models between Hugging Face folders and codeio-jax checkpoints")
     convert.add_argument("direction", choices=["hf-to-jax", "jax-to-hf"])
     convert.add_argument("--in", dest="inp", required=True, type=Path,
@@ -137,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", default=None, help="parameter dtype, e.g. bfloat16 (default: as stored)")
     convert.add_argument("--max-shard-gb", type=float, default=5.0, help="jax-to-hf: safetensors shard size")
     convert.set_defaults(handler=_convert)
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible chat server for a Hugging Face model folder")
+    serve.add_argument("--model", required=True, type=Path, help="config.json, safetensors and tokenizer.json")
+    serve.add_argument("--family", default=None, choices=["qwen2", "llama3", "gemma2", "deepseek_v2"],
+                       help="the chat template (default: the model's family's)")
+    serve.add_argument("--name", default=None, help="the model name clients send (default: the folder's name)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch", type=int, default=8, help="requests generated together at most")
+    serve.add_argument("--max-length", type=int, default=None,
+                       help="prompt + reply tokens at most (default: the model's max_position_embeddings)")
+    serve.set_defaults(handler=_serve)
 
     check = sub.add_parser("sandbox-check", help="show which sandbox protections this machine grants")
     check.add_argument("--hostile", action="store_true",
@@ -361,6 +380,26 @@ def _train(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from codeio_jax.gin_flags import GinFlagError, parse_gin
+    from codeio_jax.training import configurables
+
+    configurables.register_all()
+    try:
+        parse_gin(args.gin_file, args.gin_search_paths, args.gin_bindings)
+    except GinFlagError as exc:
+        raise CommandError(str(exc)) from None
+    from codeio_jax.training.evaluation import evaluate
+
+    try:
+        scores = evaluate()
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    for name, value in scores.items():
+        print(f"{name}: {value:.2f}")
+    return 0
+
+
 def _convert(args) -> int:
     from codeio_jax.models import checkpoint, convert
 
@@ -378,6 +417,29 @@ def _convert(args) -> int:
         raise CommandError(str(exc)) from None
     count = sum(x.size for x in __import__("jax").tree_util.tree_leaves(params))
     print(f"convert {args.direction}: {config.family}, {config.num_layers} layers, {count:,} parameters -> {args.out}")
+    return 0
+
+
+def _serve(args) -> int:
+    from codeio_jax.models.convert import CheckpointError
+    from codeio_jax.sampling.chat import ChatModel
+    from codeio_jax.sampling.server import make_server
+
+    if args.max_batch < 1:
+        raise CommandError(f"--max-batch must be at least 1, got {args.max_batch}")
+    try:
+        chat = ChatModel.from_folder(args.model, args.family, args.max_length)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    name = args.name or args.model.resolve().name
+    server = make_server(chat, args.host, args.port, name, args.max_batch)
+    host, port = server.server_address[:2]
+    print(f"serving {name} ({chat.family} template, batches of up to {args.max_batch}) on http://{host}:{port}/v1",
+          flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
     return 0
 
 

@@ -23,7 +23,7 @@ def preset(name: str = gin.REQUIRED, vocab_size: int | None = None, max_position
 
 def register_all() -> None:
     """Import every module whose functions and classes gin files name."""
-    from codeio_jax.training import input, optimizer, partitioning, trainer  # noqa: F401
+    from codeio_jax.training import evaluation, input, optimizer, partitioning, trainer  # noqa: F401
 
     try:
         import seqio  # noqa: F401

@@ -58,7 +58,7 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
 
     compute_dtype: activations and matmuls (float32 master weights either way).
     evaluate: called as evaluate(config, params, step) every `eval_every` steps
-      and at the end; its numbers are logged with the step's.
+      and at the last one (e.g. @SeqioEvaluator()); its numbers are logged with the step's.
     peak_flops: per device, for MFU (default: looked up from the device kind).
     init_from: a codeio-jax model checkpoint (models/checkpoint.py) to start from
       instead of random weights (stage 2 from stage 1; a converted HF model); a
@@ -111,8 +111,8 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
             if done % log_every == 0 or done == steps:
                 metrics = jax.device_get(metrics)
                 elapsed = time.perf_counter() - clock
-                extra = evaluate(config, state.params, done) if evaluate and eval_every and \
-                    done % eval_every == 0 else {}
+                due = evaluate is not None and ((eval_every and done % eval_every == 0) or done == steps)
+                extra = evaluate(config, state.params, done) if due else {}
                 log.write(done, metrics, tokens_since / elapsed, extra)
                 clock, tokens_since = time.perf_counter(), 0
             checkpoints.save(done, state, inputs.position, force=done == steps)
