@@ -29,6 +29,7 @@ setup(
         "optax==0.2.8",
         "orbax-checkpoint==0.12.8",
         "safetensors==0.8.0",
+        "tokenizers==0.23.3",  # the sampler's chat models, the local teacher, `serve`
         "matplotlib==3.11.2",  # the loss curve of a run's report
     ],
     extras_require={
@@ -48,7 +49,6 @@ setup(
             "tensorflow-datasets==4.9.10",
             "seqio==0.0.20",
             "sentencepiece==0.2.1",
-            "tokenizers==0.23.3",
             "importlib-resources==7.1.0",  # tensorflow-datasets imports it without requiring it
             "protobuf==6.33.6",
         ],
