@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/train_resume.py
+	$(BIN)/python benchmarks/sampling_cpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
