@@ -9,7 +9,6 @@ same stages on Apache Beam's DirectRunner.
 Run: .venv/bin/python benchmarks/pipeline_e2e.py
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_LINE = "  "
 
 
 def run(work, *extra):
