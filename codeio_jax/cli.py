@@ -80,14 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline", help="run every data stage (gin-configured), raw code or unified records to examples",
         description="Run every stage over a work folder. T5X-style gin flags: --gin_file (repeatable), "
                     "--gin_search_paths, --gin.NAME=VALUE (e.g. --gin.run_pipeline.rounds=0).")
-    pipeline.add_argument("--gin_file", action="append", default=[], help="a gin recipe (gin/data/*.gin)")
-    pipeline.add_argument("--gin_search_paths", default="", help="comma-separated folders to find gin files in")
+    _gin_flags(pipeline, "gin/data/*.gin")
     pipeline.add_argument("--work_dir", type=Path, default=None, help="binds run_pipeline.work_dir")
     pipeline.add_argument("--engine", choices=["local", "beam"], default="local",
                           help="beam: the same stages on Apache Beam; flags after `--` go to Beam "
                                "(e.g. -- --runner=DataflowRunner --project=...); DirectRunner by default")
     pipeline.add_argument("beam_args", nargs="*", help=argparse.SUPPRESS)
-    pipeline.set_defaults(handler=_pipeline, accepts_gin=True)
+    pipeline.set_defaults(handler=_pipeline)
 
     write = sub.add_parser("write", help="examples (JSONL) into TFRecord shards for the SeqIO tasks")
     write.add_argument("--in", dest="inp", required=True, type=Path, help="examples (the assemble stage's output)")
@@ -125,16 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a model (gin-configured: gin/train/*.gin)",
         description="T5X-style: --gin_file (repeatable), --gin_search_paths, --gin.NAME=VALUE, e.g. "
                     "--gin.MODEL_DIR=\"'runs/x'\" --gin.train.steps=100.")
-    train.add_argument("--gin_file", action="append", default=[], help="a recipe (gin/train/*.gin)")
-    train.add_argument("--gin_search_paths", default="", help="comma-separated folders to find gin files in")
-    train.set_defaults(handler=_train, accepts_gin=True)
+    _gin_flags(train, "gin/train/*.gin, gin/models/*.gin")
+    train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser(
         "eval", help="evaluate a model on SeqIO eval tasks by generation (gin: gin/eval/*.gin)",
         description="T5X-style gin flags, e.g. --gin_file eval/cruxeval.gin --gin.CHECKPOINT=\"'runs/x'\"")
-    evaluate.add_argument("--gin_file", action="append", default=[], help="an eval recipe (gin/eval/*.gin)")
-    evaluate.add_argument("--gin_search_paths", default="", help="comma-separated folders to find gin files in")
-    evaluate.set_defaults(handler=_eval, accepts_gin=True)
+    _gin_flags(evaluate, "gin/eval/*.gin")
+    evaluate.set_defaults(handler=_eval)
 
     convert = sub.add_parser("convert", help="models between Hugging Face folders and codeio-jax checkpoints")
     convert.add_argument("direction", choices=["hf-to-jax", "jax-to-hf"])
@@ -163,6 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     _sandbox_flags(check)
     check.set_defaults(handler=_sandbox_check)
     return parser
+
+
+def _gin_flags(parser: argparse.ArgumentParser, recipes: str) -> None:
+    parser.add_argument("--gin_file", action="append", default=[], help=f"a recipe ({recipes}); repeatable")
+    parser.add_argument("--gin_search_paths", default="", help="comma-separated folders to find gin files in")
+    parser.set_defaults(accepts_gin=True)
+
+
+def _parse_gin(args, extra_bindings=(), register_training: bool = False) -> None:
+    """The command's gin files and --gin.NAME=VALUE bindings; a name gin does not know fails here."""
+    from codeio_jax.gin_flags import GinFlagError, parse_gin
+
+    if register_training:
+        from codeio_jax.training import configurables
+
+        configurables.register_all()
+    try:
+        parse_gin(args.gin_file, args.gin_search_paths, [*args.gin_bindings, *extra_bindings])
+    except GinFlagError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _io_flags(parser: argparse.ArgumentParser) -> None:
@@ -219,15 +236,8 @@ def _print_stage(name: str, summary, out: Path, errors: Path) -> None:
 
 def _pipeline(args) -> int:
     from codeio_jax.data import pipeline
-    from codeio_jax.gin_flags import GinFlagError, parse_gin
 
-    bindings = list(args.gin_bindings)
-    if args.work_dir:
-        bindings.append(f"run_pipeline.work_dir = {str(args.work_dir)!r}")
-    try:
-        parse_gin(args.gin_file, args.gin_search_paths, bindings)
-    except GinFlagError as exc:
-        raise CommandError(str(exc)) from None
+    _parse_gin(args, [f"run_pipeline.work_dir = {str(args.work_dir)!r}"] if args.work_dir else [])
     work_dir = args.work_dir or _bound_work_dir()
     if args.engine == "beam":
         from codeio_jax.data import beam_pipeline
@@ -352,15 +362,10 @@ def _import(args) -> int:
 
 
 def _train(args) -> int:
-    from codeio_jax.gin_flags import GinFlagError, parse_gin
-    from codeio_jax.training import configurables, partitioning
+    from codeio_jax.training import partitioning
 
     partitioning.initialize_distributed()
-    configurables.register_all()
-    try:
-        parse_gin(args.gin_file, args.gin_search_paths, args.gin_bindings)
-    except GinFlagError as exc:
-        raise CommandError(str(exc)) from None
+    _parse_gin(args, register_training=True)
     from codeio_jax.training.trainer import train
 
     def progress(row):
@@ -381,14 +386,7 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from codeio_jax.gin_flags import GinFlagError, parse_gin
-    from codeio_jax.training import configurables
-
-    configurables.register_all()
-    try:
-        parse_gin(args.gin_file, args.gin_search_paths, args.gin_bindings)
-    except GinFlagError as exc:
-        raise CommandError(str(exc)) from None
+    _parse_gin(args, register_training=True)
     from codeio_jax.training.evaluation import evaluate
 
     try:
