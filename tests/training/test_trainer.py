@@ -111,3 +111,35 @@ def test_flops_per_token_is_six_times_the_matmul_parameters_for_short_sequences(
     assert flops_per_token(config, 1) == pytest.approx(6 * (8.03e9 - 0.525e9), rel=0.01)
     attention = 12 * 32 * 4096 * 32 * 128  # scores and values, forward and backward, at length 4096
     assert flops_per_token(config, 4096) - flops_per_token(config, 0) == pytest.approx(attention)
+
+
+def test_gradient_accumulation_equals_the_big_batch():
+    import functools
+
+    import jax
+    import numpy as np
+
+    from codeio_jax.models.decoder import Decoder
+    from codeio_jax.models.presets import preset
+    from codeio_jax.training.input import SyntheticInput
+    from codeio_jax.training.optimizer import OptimizerConfig, make_optimizer
+    from codeio_jax.training.step import init_state, train_step
+
+    config = preset("tiny_llama")
+    batch = next(SyntheticInput(config.vocab_size, length=16, batch_size=8))
+    halves = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
+
+    def run(accumulation, batches):
+        tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=0,
+                                                      accumulation_steps=accumulation), 10)
+        state = init_state(config, tx, 0)
+        step = jax.jit(functools.partial(train_step, model=Decoder(config), optimizer=tx, schedule=schedule))
+        for b in batches:
+            state, _ = step(state, b)
+        return state.params
+
+    whole, accumulated = run(1, [batch]), run(2, halves)
+    flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
+    initial = flat(run(2, halves[:1]))  # one micro-batch: no update yet
+    assert not np.allclose(flat(whole), initial)
+    np.testing.assert_allclose(flat(accumulated), flat(whole), atol=1e-5)
