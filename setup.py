@@ -42,6 +42,7 @@ setup(
             # Parity tests: transformers models with random weights. 2.13.0 is a CPU build on this
             # machine's index; another spec may pull gigabytes of CUDA wheels.
             "torch==2.13.0",
+            "tensorboard==2.21.0",  # its own reader checks our event files
         ],
         "seqio": [
             "tensorflow==2.21.0",
