@@ -79,6 +79,28 @@ class ChatTeacherSpec:
         return ChatResponder(teacher, f"openai:{self.model}", batch_size=4 * self.max_concurrency)
 
 
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LocalTeacherSpec:
+    """Our own model, sampled in this process (teachers/local.py): a Hugging Face
+    folder with its tokenizer.json, e.g. a model trained here and exported with
+    `codeio-jax convert jax-to-hf`. Offline, like the trace teacher, but a model:
+    its first turns are what the trace teacher's revisions work on."""
+
+    model: str = gin.REQUIRED
+    family: str | None = None  # chat format; default: from the model's config
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    batch_size: int = 8
+
+    def build(self, sandbox: Sandbox, cache_dir: Path) -> Responder:
+        from codeio_jax.teachers.local import LocalTeacher
+
+        teacher = LocalTeacher(self.model, family=self.family, max_new_tokens=self.max_new_tokens,
+                               temperature=self.temperature, batch_size=self.batch_size)
+        return ChatResponder(teacher, f"local:{Path(self.model).name}", batch_size=4 * self.batch_size)
+
+
 @dataclasses.dataclass
 class StageReport:
     name: str

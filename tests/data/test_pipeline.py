@@ -182,3 +182,29 @@ def test_kill_9_at_random_moments_ends_byte_identical(tmp_path):
         assert stage_files(work) == expected, f"attempt {attempt}"
         assert not list(work.glob("*.journal")) and not list(work.glob("*.partial"))
     assert landed >= 8  # most kills did land in the middle of a run
+
+
+def test_our_own_model_answers_the_first_turn_offline(tmp_path):
+    """CodeI/O++ with no server at all: a (random, tiny) local model answers turn 1,
+    the trace teacher revises what the verifier rejects."""
+    torch = pytest.importorskip("torch")
+    import transformers as tr
+
+    from codeio_jax.data.pipeline import LocalTeacherSpec
+    from tasks.tokenizer_training import train_bpe
+
+    corpus = small_corpus(tmp_path, 2)
+    texts = [json.loads(line)["refcode"] for line in corpus.read_text().splitlines()] * 20
+    folder = tmp_path / "model"
+    vocab = train_bpe(texts, folder, "qwen2", vocab_size=400)
+    size = __import__("tokenizers").Tokenizer.from_file(str(vocab)).get_vocab_size()
+    torch.manual_seed(0)
+    tr.Qwen2ForCausalLM(tr.Qwen2Config(vocab_size=size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1,
+                                       max_position_embeddings=8192)).save_pretrained(folder)
+    spec = LocalTeacherSpec(model=str(folder), max_new_tokens=8)
+    report = run_pipeline(work_dir=tmp_path / "run", source=corpus, per_task=1, rounds=1,
+                          turn_teachers=[spec, TraceTeacherSpec()], workers=2)
+    examples = read(report.examples)
+    assert len(examples) == 4 and report.teacher_usage["turn_1"]["requests"] == 4
+    assert all(e["turns"] == 2 and e["status"] == "correct" for e in examples)  # 8 random tokens: never right
