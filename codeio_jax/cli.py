@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -436,8 +437,14 @@ def _serve(args) -> int:
           flush=True)
     try:
         server.serve_forever()
-    finally:
+    except KeyboardInterrupt:
         server.server_close()
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Every request is answered and the batcher joined; skip the interpreter's
+        # teardown, in which native threads (XLA, tokenizers) have aborted the process.
+        os._exit(130)
+    server.server_close()
     return 0
 
 

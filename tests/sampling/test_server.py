@@ -151,7 +151,7 @@ def test_codeio_jax_serve_answers_until_interrupted(chat_folder):
     finally:
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
-    assert process.returncode == 130 and "interrupted" in err
+    assert process.returncode == 130 and "interrupted" in err, err[-3000:]
 
 
 def test_codeio_jax_serve_refuses_a_folder_without_a_model(tmp_path, capsys):
