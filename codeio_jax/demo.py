@@ -16,9 +16,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+# TensorFlow's C++ info and warning lines (seqio, tf.data) would drown the summary.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from codeio_jax.execution import Sandbox, SandboxConfig
 from codeio_jax.verify import cruxeval
@@ -128,7 +132,11 @@ def _train_and_evaluate(report, tokenizer: Path, started: float) -> None:
     from codeio_jax.training import configurables
 
     configurables.register_all()
+    import tensorflow_datasets as tfds
+
     from codeio_jax.training.trainer import train
+
+    tfds.disable_progress_bar()
 
     model_dir = DEMO_DIR / "model"
     shutil.rmtree(model_dir, ignore_errors=True)  # the demo trains from scratch every time
