@@ -1,0 +1,1 @@
+"""The `codeio-jax` subcommands, by group (cli.py puts them together)."""

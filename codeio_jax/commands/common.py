@@ -1,0 +1,127 @@
+"""What every group of commands shares: the error type, flags, progress, JSON files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class CommandError(Exception):
+    """A problem with what the user asked for; printed without a traceback."""
+
+
+def gin_flags(parser: argparse.ArgumentParser, recipes: str) -> None:
+    parser.add_argument("--gin_file", action="append", default=[], help=f"a recipe ({recipes}); repeatable")
+    parser.add_argument("--gin_search_paths", default="", help="comma-separated folders to find gin files in")
+    parser.set_defaults(accepts_gin=True)
+
+
+def parse_gin_flags(args, extra_bindings=(), register_training: bool = False) -> None:
+    """The command's gin files and --gin.NAME=VALUE bindings; a name gin does not know fails here."""
+    from codeio_jax.gin_flags import GinFlagError, parse_gin
+
+    if register_training:
+        from codeio_jax.training import configurables
+
+        configurables.register_all()
+    try:
+        parse_gin(args.gin_file, args.gin_search_paths, [*args.gin_bindings, *extra_bindings])
+    except GinFlagError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def io_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--in", dest="inp", required=True, type=Path, help="input rows (JSONL)")
+    parser.add_argument("--out", required=True, type=Path, help="output rows (JSONL)")
+    parser.add_argument("--errors", type=Path, default=None,
+                        help="error rows (JSONL); default: <out stem>.errors.jsonl")
+
+
+def errors_path(args) -> Path:
+    if not args.inp.exists():
+        raise CommandError(f"{args.inp} does not exist")
+    return args.errors or args.out.with_name(args.out.stem + ".errors.jsonl")
+
+
+def print_stage(name: str, summary, out: Path, errors: Path) -> None:
+    again = " (already done: nothing to do)" if summary.already_done else ""
+    resumed = f", resumed after {summary.resumed_at}" if summary.resumed_at else ""
+    print(f"{name}: {summary.items} in, {summary.ok} rows out, {summary.errors} errors{resumed}{again}")
+    print(f"  wrote {out} and {errors}")
+
+
+def sandbox_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=None, help="parallel checks (default: one per core)")
+    parser.add_argument("--python", default=None,
+                        help="interpreter that runs the checked programs (default: this one)")
+
+
+def sandbox_for(args, timeout: float | None = None):
+    from codeio_jax.execution import Limits, Sandbox, SandboxConfig, SandboxError
+
+    fields = {}
+    if args.python:
+        fields["python"] = args.python
+    if timeout is not None:
+        fields["limits"] = Limits(timeout_s=timeout)
+    try:
+        return Sandbox(SandboxConfig(workers=args.workers, **fields))
+    except (SandboxError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def read_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CommandError(f"{path} does not exist") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{path} is not valid JSON: {exc}") from None
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+    tmp.replace(path)
+
+
+def count(items) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
+class Progress:
+    """A progress bar on stderr with counts by status, tqdm imported only once
+    work has started (so it never delays the first check)."""
+
+    def __init__(self, total, unit, desc=None):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr,
+                        disable=not sys.stderr.isatty(), leave=False)
+        self.counts: dict[str, int] = {}
+
+    def result(self, result) -> None:
+        """Counts a driver Result (one input item)."""
+        self.count("ok" if result.ok else "error", 1)
+
+    def count(self, status: str, n: int) -> None:
+        self.counts[status] = self.counts.get(status, 0) + n
+        self.bar.set_postfix_str(format_counts(self.counts), refresh=False)
+        self.bar.update(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()

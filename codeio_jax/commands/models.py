@@ -1,0 +1,134 @@
+"""Commands for models: train and evaluate (gin), convert checkpoints, serve a model.
+
+Each handler imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from codeio_jax.commands.common import CommandError, gin_flags, parse_gin_flags
+
+
+def add_commands(sub) -> None:
+    train = sub.add_parser(
+        "train", help="train a model (gin-configured: gin/train/*.gin)",
+        description="T5X-style: --gin_file (repeatable), --gin_search_paths, --gin.NAME=VALUE, e.g. "
+                    "--gin.MODEL_DIR=\"'runs/x'\" --gin.train.steps=100.")
+    gin_flags(train, "gin/train/*.gin, gin/models/*.gin")
+    train.set_defaults(handler=_train)
+
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a model on SeqIO eval tasks by generation (gin: gin/eval/*.gin)",
+        description="T5X-style gin flags, e.g. --gin_file eval/cruxeval.gin --gin.CHECKPOINT=\"'runs/x'\"")
+    gin_flags(evaluate, "gin/eval/*.gin")
+    evaluate.set_defaults(handler=_eval)
+
+    convert = sub.add_parser("convert", help="models between Hugging Face folders and codeio-jax checkpoints")
+    convert.add_argument("direction", choices=["hf-to-jax", "jax-to-hf"])
+    convert.add_argument("--in", dest="inp", required=True, type=Path,
+                         help="a Hugging Face folder (config.json + safetensors) or a codeio-jax checkpoint")
+    convert.add_argument("--out", required=True, type=Path, help="the folder to write (must not hold a model)")
+    convert.add_argument("--dtype", default=None, help="parameter dtype, e.g. bfloat16 (default: as stored)")
+    convert.add_argument("--max-shard-gb", type=float, default=5.0, help="jax-to-hf: safetensors shard size")
+    convert.set_defaults(handler=_convert)
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible chat server for a Hugging Face model folder")
+    serve.add_argument("--model", required=True, type=Path, help="config.json, safetensors and tokenizer.json")
+    serve.add_argument("--family", default=None, choices=["qwen2", "llama3", "gemma2", "deepseek_v2"],
+                       help="the chat template (default: the model's family's)")
+    serve.add_argument("--name", default=None, help="the model name clients send (default: the folder's name)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch", type=int, default=8, help="requests generated together at most")
+    serve.add_argument("--max-length", type=int, default=None,
+                       help="prompt + reply tokens at most (default: the model's max_position_embeddings)")
+    serve.set_defaults(handler=_serve)
+
+
+def _train(args) -> int:
+    from codeio_jax.training import partitioning
+
+    partitioning.initialize_distributed()
+    parse_gin_flags(args, register_training=True)
+    from codeio_jax.training.trainer import train
+
+    def progress(row):
+        parts = [f"step {row['step']}", f"loss {row['loss']:.4f}", f"lr {row['learning_rate']:.2e}",
+                 f"grad_norm {row['grad_norm']:.3f}", f"{row['tokens_per_s']:,.0f} tokens/s"]
+        if "mfu" in row:
+            parts.append(f"MFU {100 * row['mfu']:.1f}%")
+        parts += [f"{k} {v:.2f}" for k, v in row.items() if k.startswith("eval/")]
+        print("  ".join(parts), flush=True)
+
+    try:
+        report = train(on_log=progress)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    resumed = f" (resumed at step {report.start_step})" if report.start_step else ""
+    print(f"train: steps {report.start_step}..{report.end_step}{resumed}; model_dir {report.model_dir}")
+    return 0
+
+
+def _eval(args) -> int:
+    parse_gin_flags(args, register_training=True)
+    from codeio_jax.training.evaluation import evaluate
+
+    try:
+        scores = evaluate()
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    for name, value in scores.items():
+        print(f"{name}: {value:.2f}")
+    return 0
+
+
+def _convert(args) -> int:
+    from codeio_jax.models import checkpoint, convert
+
+    if not args.inp.exists():
+        raise CommandError(f"{args.inp} does not exist")
+    try:
+        if args.direction == "hf-to-jax":
+            config, params = convert.load_hf(args.inp, dtype=args.dtype)
+            checkpoint.save(args.out, config, params)
+        else:
+            config, params = checkpoint.load(args.inp)
+            convert.save_hf(args.out, config, params, dtype=args.dtype,
+                            max_shard_bytes=int(args.max_shard_gb * (1 << 30)))
+    except (convert.CheckpointError, FileNotFoundError, FileExistsError, TypeError) as exc:
+        raise CommandError(str(exc)) from None
+    count = sum(x.size for x in __import__("jax").tree_util.tree_leaves(params))
+    print(f"convert {args.direction}: {config.family}, {config.num_layers} layers, {count:,} parameters -> {args.out}")
+    return 0
+
+
+def _serve(args) -> int:
+    from codeio_jax.models.convert import CheckpointError
+    from codeio_jax.sampling.chat import ChatModel
+    from codeio_jax.sampling.server import make_server
+
+    if args.max_batch < 1:
+        raise CommandError(f"--max-batch must be at least 1, got {args.max_batch}")
+    try:
+        chat = ChatModel.from_folder(args.model, args.family, args.max_length)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    name = args.name or args.model.resolve().name
+    server = make_server(chat, args.host, args.port, name, args.max_batch)
+    host, port = server.server_address[:2]
+    print(f"serving {name} ({chat.family} template, batches of up to {args.max_batch}) on http://{host}:{port}/v1",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.server_close()
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Every request is answered and the batcher joined; skip the interpreter's
+        # teardown, in which native threads (XLA, tokenizers) have aborted the process.
+        os._exit(130)
+    server.server_close()
+    return 0
