@@ -214,11 +214,11 @@ def write_examples(examples: Path, out_dir: Path, shards: int) -> Written:
     out_dir = Path(out_dir)
     marker = out_dir / "write.done"
     run_id = fingerprint(examples, "write", shards)
-    rows = sum(1 for line in open(examples, "rb") if line.strip())
     expected = [out_dir / f"{EXAMPLES_NAME}.tfrecord-{i:05d}-of-{shards:05d}" for i in range(shards)]
     counts_file = out_dir / f"{EXAMPLES_NAME}.counts.json"
     if marker.exists() and marker.read_text().strip() == run_id and counts_file.exists() \
             and all(p.exists() for p in expected):
+        rows = json.loads(counts_file.read_text())["examples"]
         return Written(expected, Summary(items=rows, ok=rows, already_done=True))
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
@@ -240,7 +240,7 @@ def write_examples(examples: Path, out_dir: Path, shards: int) -> Written:
     # What the SeqIO mixtures weigh their tasks by, without reading the shards.
     counts_file.write_text(json.dumps(counts, sort_keys=True) + "\n")
     marker.write_text(run_id + "\n")
-    return Written(files, Summary(items=rows, ok=rows))
+    return Written(files, Summary(items=counts["examples"], ok=counts["examples"]))
 
 
 def _ios_file(source, dest, errors_dest, sandbox, settings, on_result=None) -> Summary:
