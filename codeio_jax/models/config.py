@@ -14,6 +14,11 @@ from typing import Any
 
 FAMILIES = ("llama", "qwen2", "gemma2", "deepseek_v2")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+# auto: splash on TPU, cuDNN on GPU, XLA elsewhere (models/attention.py).
+ATTENTION_IMPLS = ("auto", "xla", "splash", "cudnn")
+# dropless: tokens sorted by expert, one grouped matmul per projection; dense: every
+# expert on every token (the exact reference, num_experts / top_k times the FLOPs).
+MOE_IMPLS = ("dropless", "dense")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +96,8 @@ class ModelConfig:
     dtype: str = "float32"  # activations and matmuls
     param_dtype: str = "float32"  # master weights
     remat: str = "none"
+    attention_impl: str = "auto"
+    moe_impl: str = "dropless"
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -102,6 +109,10 @@ class ModelConfig:
             raise ValueError(f"activation must be 'silu' or 'gelu_tanh', got {self.activation!r}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+        if self.moe_impl not in MOE_IMPLS:
+            raise ValueError(f"moe_impl must be one of {MOE_IMPLS}, got {self.moe_impl!r}")
         if self.rope.kind not in ("default", "llama3", "yarn"):
             raise ValueError(f"rope kind must be default, llama3 or yarn, got {self.rope.kind!r}")
 

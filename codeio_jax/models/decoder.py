@@ -56,7 +56,7 @@ class DecoderLayer(nn.Module):
             x = x + h
             h = norm("post_attention_layernorm")(x)
         if cfg.layer_is_moe(self.layer):
-            from codeio_jax.models.deepseek import MoE
+            from codeio_jax.models.moe import MoE
 
             h = MoE(cfg, name="mlp")(h)
         else:

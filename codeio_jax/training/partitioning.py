@@ -1,8 +1,9 @@
 """The device mesh and the rules that place every array on it.
 
-A mesh has three axes, sized by gin: `data` (pure data parallelism), `fsdp`
-(data parallelism whose parameters and optimizer state are sharded too) and
-`tensor` (Megatron-style splits of heads and MLP). -1 takes the devices the
+A mesh has four axes, sized by gin: `data` (pure data parallelism), `fsdp`
+(data parallelism whose parameters and optimizer state are sharded too),
+`experts` (the routed experts of MoE layers split over devices) and `tensor`
+(Megatron-style splits of heads and MLP). -1 takes the devices the
 others leave. Logical axis names, which the model puts on every parameter and
 big activation, map onto mesh axes through `rules`: an array dimension takes
 the first rule of its name whose mesh axes the array does not use already, so
@@ -22,10 +23,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "experts", "tensor")
 
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
+    # Outside the MoE blocks the experts axis is one more data-parallel axis.
+    ("batch", ("data", "fsdp", "experts")),
     ("length", None),
     ("embed", "fsdp"),
     ("vocab", "tensor"),
@@ -33,35 +35,43 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),
-    ("experts", None),
+    ("experts", "experts"),
 )
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
+    """Mesh axis sizes; -1 (one axis at most) takes the devices the others leave.
+    `experts` splits the routed experts of MoE layers over devices (expert
+    parallelism); elsewhere it acts as data parallelism."""
+
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    experts: int = 1
     rules: tuple = DEFAULT_RULES
 
-    def shape(self, device_count: int) -> tuple[int, int, int]:
-        sizes = [self.data, self.fsdp, self.tensor]
-        free = [i for i, size in enumerate(sizes) if size == -1]
+    def shape(self, device_count: int) -> tuple[int, ...]:
+        """The mesh's shape in AXES order for `device_count` devices."""
+        named = {"data": self.data, "fsdp": self.fsdp, "experts": self.experts, "tensor": self.tensor}
+        free = [name for name, size in named.items() if size == -1]
         if len(free) > 1:
-            raise ValueError("at most one mesh axis may be -1 (take the rest)")
-        if any(size == 0 or size < -1 for size in sizes):
-            raise ValueError(f"mesh axes must be positive or -1, got data={self.data}, fsdp={self.fsdp}, "
-                             f"tensor={self.tensor}")
-        fixed = math.prod(size for size in sizes if size != -1)
+            raise ValueError(f"at most one mesh axis may be -1 (take the rest), got {', '.join(free)}")
+        bad = [f"{name}={size}" for name, size in named.items() if size == 0 or size < -1]
+        if bad:
+            raise ValueError(f"mesh axes must be positive or -1, got {', '.join(bad)}")
+        fixed = math.prod(size for size in named.values() if size != -1)
         if free:
             if device_count % fixed:
-                raise ValueError(f"{device_count} devices do not split into fsdp x tensor = {fixed}")
-            sizes[free[0]] = device_count // fixed
-        if math.prod(sizes) != device_count:
-            raise ValueError(f"the mesh data x fsdp x tensor = {sizes} needs {math.prod(sizes)} devices; "
-                             f"there are {device_count}")
-        return tuple(sizes)
+                others = " x ".join(f"{name} {size}" for name, size in named.items() if size != -1)
+                raise ValueError(f"{device_count} devices do not split into {others} = {fixed} for axis "
+                                 f"{free[0]!r} to take the rest")
+            named[free[0]] = device_count // fixed
+        if math.prod(named.values()) != device_count:
+            sizes = " x ".join(f"{name} {size}" for name, size in named.items())
+            raise ValueError(f"the mesh {sizes} needs {math.prod(named.values())} devices; there are {device_count}")
+        return tuple(named[axis] for axis in AXES)
 
 
 def make_mesh(config: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:

@@ -35,6 +35,50 @@ from codeio_jax.training.step import TrainState, flops_per_token, init_state, tr
 
 
 @dataclasses.dataclass
+class StepSetup:
+    """Everything the loop needs before its first batch: the model config as
+    trained, the mesh and rules, the optimizer, the state's shapes and
+    shardings, and the jitted step. `train` and `compile_only` both build it
+    here, so a compiled-only step is the step a run would execute."""
+
+    config: ModelConfig
+    mesh: Any
+    rules: Any
+    optimizer: Any
+    schedule: Any
+    state_shapes: TrainState
+    state_shardings: TrainState
+    batch_sharding: Any
+    step_fn: Any
+
+    def abstract_state(self) -> TrainState:
+        """The state as jax.ShapeDtypeStructs placed on the mesh (restore and lower take it)."""
+        return jax.tree_util.tree_map(
+            lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
+            self.state_shapes, self.state_shardings)
+
+
+def build_step(model: ModelConfig, mesh: partitioning.MeshConfig, optimizer: OptimizerConfig, steps: int,
+               seed: int = 0, z_loss: float = 0.0, compute_dtype: str = "bfloat16", remat: str | None = None,
+               devices: Any = None) -> StepSetup:
+    """The configured step over `devices` (default: every device of the job)."""
+    config = model.replace(dtype=compute_dtype, param_dtype="float32",
+                           **({"remat": remat} if remat is not None else {}))
+    device_mesh = partitioning.make_mesh(mesh, devices)
+    rules = mesh.rules
+    tx, schedule = make_optimizer(optimizer, max(steps // optimizer.accumulation_steps, 1))
+    boxed = jax.eval_shape(functools.partial(init_state, config, tx, seed, unbox=False))
+    state_shardings = partitioning.shardings(nn.get_partition_spec(boxed), device_mesh, rules)
+    shapes = jax.eval_shape(functools.partial(init_state, config, tx, seed))
+    batch_sharding = partitioning.batch_sharding(device_mesh, rules)
+    step_fn = jax.jit(functools.partial(train_step, model=Decoder(config), optimizer=tx, schedule=schedule,
+                                        z_loss=z_loss),
+                      in_shardings=(state_shardings, batch_sharding),
+                      out_shardings=(state_shardings, partitioning.replicated(device_mesh)), donate_argnums=0)
+    return StepSetup(config, device_mesh, rules, tx, schedule, shapes, state_shardings, batch_sharding, step_fn)
+
+
+@dataclasses.dataclass
 class TrainReport:
     model_dir: Path
     start_step: int
@@ -65,32 +109,20 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
       run that has its own checkpoints resumes from those instead.
     """
     model_dir = Path(model_dir) if "://" not in str(model_dir) else model_dir
-    config = model.replace(dtype=compute_dtype, param_dtype="float32",
-                           **({"remat": remat} if remat is not None else {}))
-    device_mesh = partitioning.make_mesh(mesh)
-    rules = mesh.rules
-    tx, schedule = make_optimizer(optimizer, max(steps // optimizer.accumulation_steps, 1))
-    boxed = jax.eval_shape(functools.partial(init_state, config, tx, seed, unbox=False))
-    state_shardings = partitioning.shardings(nn.get_partition_spec(boxed), device_mesh, rules)
-    shapes = jax.eval_shape(functools.partial(init_state, config, tx, seed))
-    batch_sharding = partitioning.batch_sharding(device_mesh, rules)
+    setup = build_step(model, mesh, optimizer, steps, seed, z_loss, compute_dtype, remat)
+    config = setup.config
     checkpoints = Checkpoints(model_dir, keep=keep_checkpoints, every=checkpoint_every,
                               async_save=async_checkpoints)
-    decoder = Decoder(config)
-    step_fn = jax.jit(functools.partial(train_step, model=decoder, optimizer=tx, schedule=schedule, z_loss=z_loss),
-                      in_shardings=(state_shardings, batch_sharding),
-                      out_shardings=(state_shardings, partitioning.replicated(device_mesh)), donate_argnums=0)
-    with jax.set_mesh(device_mesh), nn.logical_axis_rules(rules):
+    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
         if checkpoints.latest_step() is not None:
-            abstract = jax.tree_util.tree_map(
-                lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
-                shapes, state_shardings)
-            state, position = checkpoints.restore(abstract)
+            state, position = checkpoints.restore(setup.abstract_state())
             inputs.skip_to(position)
         elif init_from is not None:
-            state = _state_from_model(init_from, config, tx, seed, shapes, state_shardings)
+            state = _state_from_model(init_from, config, setup.optimizer, seed, setup.state_shapes,
+                                      setup.state_shardings)
         else:
-            state = jax.jit(functools.partial(init_state, config, tx, seed), out_shardings=state_shardings)()
+            state = jax.jit(functools.partial(init_state, config, setup.optimizer, seed),
+                            out_shardings=setup.state_shardings)()
         start = int(state.step)
         if jax.process_index() == 0 and "://" not in str(model_dir):
             from codeio_jax.models.checkpoint import CONFIG_FILE, config_to_dict
@@ -104,8 +136,8 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
         clock = time.perf_counter()
         tokens_since = 0
         for step in range(start, steps):
-            batch = to_global(next(inputs), batch_sharding)
-            state, metrics = step_fn(state, batch)
+            batch = to_global(next(inputs), setup.batch_sharding)
+            state, metrics = setup.step_fn(state, batch)
             tokens_since += inputs.batch_size * length
             done = step + 1
             if done % log_every == 0 or done == steps:
