@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,seqio,beam]'
+	$(BIN)/python -m pip install --quiet -e '.[test,seqio,beam,tpu]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -57,6 +57,11 @@ setup(
             "apache-beam==2.77.0",
             "protobuf==6.33.6",
         ],
+        # Compiling for Cloud TPU slices on any host (`codeio-jax train --compile_only --topology v5p-64`)
+        # and running on TPU VMs: the TPU runtime built for this jax version (jax[tpu]==0.10.2 resolves it).
+        "tpu": [
+            "libtpu==0.0.42.1",
+        ],
         # Modules that real-world CodeI/O programs import (see DESIGN.md, "The
         # execution environment"); install into the interpreter the sandbox runs.
         "science": [

@@ -6,6 +6,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The tests run on the CPU. With the tpu extra installed, jax would otherwise
+# start libtpu in every process (and in every subprocess a test starts), which
+# probes for TPU hosts and logs its failure; compile-only tests ask for TPU
+# topologies explicitly and do not need the TPU backend.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -18,6 +18,13 @@ def add_commands(sub) -> None:
         description="T5X-style: --gin_file (repeatable), --gin_search_paths, --gin.NAME=VALUE, e.g. "
                     "--gin.MODEL_DIR=\"'runs/x'\" --gin.train.steps=100.")
     gin_flags(train, "gin/train/*.gin, gin/models/*.gin")
+    train.add_argument("--compile_only", action="store_true",
+                       help="compile the configured step for --topology over abstract arrays and report its "
+                            "per-chip memory and XLA's cost estimate; trains nothing (exit 3: it does not fit)")
+    train.add_argument("--topology", default=None,
+                       help="with --compile_only: a Cloud TPU slice (v5p-64, v6e-256, v5e-16, v4-32, ...) or "
+                            "cpu:N for N fake CPU devices")
+    train.add_argument("--json", type=Path, default=None, help="with --compile_only: also write the report here")
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser(
@@ -49,6 +56,12 @@ def add_commands(sub) -> None:
 
 
 def _train(args) -> int:
+    if args.compile_only:
+        from codeio_jax.commands.compile_only import compile_only
+
+        return compile_only(args)
+    if args.topology or args.json:
+        raise CommandError("--topology and --json go with --compile_only")
     from codeio_jax.training import partitioning
 
     partitioning.initialize_distributed()

@@ -60,10 +60,12 @@ class StepSetup:
 
 def build_step(model: ModelConfig, mesh: partitioning.MeshConfig, optimizer: OptimizerConfig, steps: int,
                seed: int = 0, z_loss: float = 0.0, compute_dtype: str = "bfloat16", remat: str | None = None,
-               devices: Any = None) -> StepSetup:
-    """The configured step over `devices` (default: every device of the job)."""
-    config = model.replace(dtype=compute_dtype, param_dtype="float32",
-                           **({"remat": remat} if remat is not None else {}))
+               attention_impl: str | None = None, moe_impl: str | None = None, devices: Any = None) -> StepSetup:
+    """The configured step over `devices` (default: every device of the job).
+    remat, attention_impl and moe_impl override the model's own when given."""
+    overrides = {name: value for name, value in (("remat", remat), ("attention_impl", attention_impl),
+                                                  ("moe_impl", moe_impl)) if value is not None}
+    config = model.replace(dtype=compute_dtype, param_dtype="float32", **overrides)
     device_mesh = partitioning.make_mesh(mesh, devices)
     rules = mesh.rules
     tx, schedule = make_optimizer(optimizer, max(steps // optimizer.accumulation_steps, 1))
@@ -91,7 +93,8 @@ class TrainReport:
 def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, inputs: Any = gin.REQUIRED,
           steps: int = 1000, optimizer: OptimizerConfig = OptimizerConfig(),
           mesh: partitioning.MeshConfig = partitioning.MeshConfig(), seed: int = 0, z_loss: float = 0.0,
-          compute_dtype: str = "bfloat16", remat: str | None = None, log_every: int = 10,
+          compute_dtype: str = "bfloat16", remat: str | None = None, attention_impl: str | None = None,
+          moe_impl: str | None = None, log_every: int = 10,
           checkpoint_every: int = 500, keep_checkpoints: int = 3, async_checkpoints: bool = True,
           evaluate: Callable[[ModelConfig, Any, int], dict] | None = None, eval_every: int = 0,
           peak_flops: float | None = None, init_from: str | Path | None = None,
@@ -101,6 +104,7 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
     checkpoints, metrics.jsonl and TensorBoard events under `model_dir`.
 
     compute_dtype: activations and matmuls (float32 master weights either way).
+    remat, attention_impl, moe_impl: override the model's (models/config.py lists the choices).
     evaluate: called as evaluate(config, params, step) every `eval_every` steps
       and at the last one (e.g. @SeqioEvaluator()); its numbers are logged with the step's.
     peak_flops: per device, for MFU (default: looked up from the device kind).
@@ -109,7 +113,7 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
       run that has its own checkpoints resumes from those instead.
     """
     model_dir = Path(model_dir) if "://" not in str(model_dir) else model_dir
-    setup = build_step(model, mesh, optimizer, steps, seed, z_loss, compute_dtype, remat)
+    setup = build_step(model, mesh, optimizer, steps, seed, z_loss, compute_dtype, remat, attention_impl, moe_impl)
     config = setup.config
     checkpoints = Checkpoints(model_dir, keep=keep_checkpoints, every=checkpoint_every,
                               async_save=async_checkpoints)

@@ -1,0 +1,190 @@
+"""Compile the configured train step for a topology without running it: does a
+recipe fit its slice, and what does XLA expect it to cost?
+
+    the gin-configured `train` arguments -> trainer.build_step over the slice's devices
+      -> jit(step).lower(abstract state, abstract batch).compile()
+      -> per-chip memory (XLA's memory_analysis: exact for the compiled program)
+         and cost (XLA's cost_analysis: flops and an estimated step time, a model's guess)
+
+The step is the one `train` runs (the same build_step: mesh, rules, remat,
+accumulation, dtypes, attention and MoE implementations), over abstract arrays:
+nothing is allocated, no TPU is needed (libtpu describes the slice on any host).
+One compiled step is one micro-batch; with accumulation, an optimizer update is
+`accumulation_steps` of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from typing import Any
+
+from codeio_jax.training import hardware
+
+@dataclasses.dataclass
+class CompileReport:
+    topology: str
+    chips: int
+    device_kind: str
+    mesh: dict[str, int]
+    batch_size: int
+    length: int
+    accumulation_steps: int
+    per_chip_bytes: dict[str, int]
+    hbm_bytes: int | None
+    fits: bool
+    headroom: float | None
+    xla_flops_per_step: float | None
+    model_flops_per_step: float
+    estimated_step_s: float | None
+    estimated_mfu: float | None
+    compile_s: float
+    settings: dict[str, Any]
+    advice: str | None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def configured_train_arguments() -> dict[str, Any]:
+    """What gin binds for `train` (defaults filled in), the inputs reduced to their
+    shape: (batch_size, length) are read from the input's bindings without
+    constructing it, so a recipe compiles without its data, tokenizer or SeqIO."""
+    import gin
+
+    from codeio_jax.training.trainer import train
+
+    raw = gin.get_bindings("train", resolve_references=False)
+    inputs = raw.get("inputs")
+    if inputs is None:
+        raise ValueError("the recipe binds no train.inputs; compile_only needs its batch_size and length")
+    selector = getattr(inputs, "selector", None)
+    if selector is None:
+        raise ValueError("train.inputs must be a configurable reference such as @SeqioInput() to compile only")
+    input_cls = gin.get_configurable(selector)
+    shape = {name: param.default for name, param in inspect.signature(input_cls).parameters.items()
+             if name in ("batch_size", "length")}
+    shape.update({k: v for k, v in gin.get_bindings(selector).items() if k in ("batch_size", "length")})
+    # Resolve the rest (model, optimizer, mesh) as train would, without the parts
+    # that read data or need a trained model.
+    with gin.unlock_config():
+        for name in ("inputs", "evaluate", "init_from", "on_log"):
+            if name in raw:
+                gin.bind_parameter(f"train.{name}", None)
+    resolved = gin.get_bindings("train")
+    arguments = {name: param.default for name, param in inspect.signature(train).parameters.items()}
+    arguments.update(resolved)
+    arguments.update(batch_size=int(shape["batch_size"]), length=int(shape["length"]))
+    return arguments
+
+
+def compile_configured(topology: hardware.Topology) -> CompileReport:
+    """Compile the step the parsed gin config's `train` would run, on `topology`."""
+    arguments = configured_train_arguments()
+    return compile_for(topology, **{name: arguments[name] for name in (
+        "model", "mesh", "optimizer", "steps", "batch_size", "length", "seed", "z_loss", "compute_dtype", "remat",
+        "attention_impl", "moe_impl")})
+
+
+def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int, batch_size: int, length: int,
+                seed: int = 0, z_loss: float = 0.0, compute_dtype: str = "bfloat16", remat: str | None = None,
+                attention_impl: str | None = None, moe_impl: str | None = None) -> CompileReport:
+    """Compile the step `train` would build for these arguments on `topology`."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from codeio_jax.training.step import BATCH_KEYS, flops_per_token
+    from codeio_jax.training.trainer import build_step
+
+    devices = hardware.topology_devices(topology)
+    setup = build_step(model, mesh, optimizer, steps, seed, z_loss, compute_dtype, remat, attention_impl, moe_impl,
+                       devices=devices)
+    mesh_shape = dict(setup.mesh.shape)
+    batch_shards = 1
+    for axis in setup.batch_sharding.spec[0] or ():
+        batch_shards *= mesh_shape[axis]
+    if batch_size % batch_shards:
+        raise hardware.TopologyError(f"batch_size {batch_size} does not split over the {batch_shards} devices the "
+                                     f"batch is sharded on ({_axes(setup.batch_sharding.spec[0], mesh_shape)})")
+    batch = {key: jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=setup.batch_sharding)
+             for key in BATCH_KEYS}
+    started = time.perf_counter()
+    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+        compiled = setup.step_fn.lower(setup.abstract_state(), batch).compile()
+    compile_s = time.perf_counter() - started
+    memory = compiled.memory_analysis()
+    per_chip = {
+        "arguments": int(memory.argument_size_in_bytes),
+        "outputs": int(memory.output_size_in_bytes),
+        "aliased": int(memory.alias_size_in_bytes),  # outputs written over donated arguments: counted once
+        "temporaries": int(memory.temp_size_in_bytes),
+        "generated_code": int(memory.generated_code_size_in_bytes),
+    }
+    per_chip["total"] = (per_chip["arguments"] + per_chip["outputs"] - per_chip["aliased"]
+                         + per_chip["temporaries"] + per_chip["generated_code"])
+    cost = _cost(compiled)
+    chips = len(devices)
+    model_flops = flops_per_token(setup.config, length) * batch_size * length
+    capacity = topology.chip.hbm_bytes if topology.chip else _host_memory_per_device(chips)
+    headroom = 1.0 - per_chip["total"] / capacity if capacity else None
+    fits = headroom is None or headroom >= 0.0
+    estimated_s = cost.get("optimal_seconds")
+    peak = topology.chip.peak_bf16_flops if topology.chip else None
+    mfu = model_flops / (estimated_s * chips * peak) if (estimated_s and peak) else None
+    config = setup.config
+    settings = {"model": f"{config.family} {config.num_layers} layers, hidden {config.hidden_size}",
+                "compute_dtype": config.dtype, "remat": config.remat, "attention_impl": config.attention_impl,
+                "moe_impl": config.moe_impl if config.moe is not None else None}
+    report = CompileReport(
+        topology=topology.name, chips=chips, device_kind=devices[0].device_kind, mesh=mesh_shape,
+        batch_size=batch_size, length=length, accumulation_steps=optimizer.accumulation_steps,
+        per_chip_bytes=per_chip, hbm_bytes=capacity, fits=fits, headroom=headroom,
+        xla_flops_per_step=cost["flops"] * chips if "flops" in cost else None, model_flops_per_step=model_flops,
+        estimated_step_s=estimated_s, estimated_mfu=mfu, compile_s=compile_s, settings=settings, advice=None)
+    if not fits:
+        report.advice = advice(report)
+    return report
+
+
+def _cost(compiled) -> dict[str, float]:
+    """XLA's cost analysis of the per-device program (a dict, or a list of one per program)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return {key: float(value) for key, value in (cost or {}).items() if key in ("flops", "optimal_seconds")}
+
+
+def _axes(spec, mesh_shape) -> str:
+    axes = spec if isinstance(spec, tuple) else (spec,)
+    return " x ".join(f"{axis} {mesh_shape[axis]}" for axis in axes if axis)
+
+
+def _host_memory_per_device(devices: int) -> int | None:
+    """Fake CPU devices share this host's memory."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // devices
+    except (ValueError, OSError):
+        return None
+
+
+def advice(report: CompileReport) -> str:
+    """One sentence naming the biggest consumer of a chip's memory and what to change."""
+    parts = report.per_chip_bytes
+    state = parts["arguments"]
+    activations = parts["temporaries"]
+    gib = 1 << 30
+    over = f"needs {parts['total'] / gib:.1f} GiB per chip of {report.hbm_bytes / gib:.1f} GiB"
+    if state >= activations:
+        fsdp = report.mesh.get("fsdp", 1)
+        return (f"{over}; the biggest part is the parameters and optimizer state ({state / gib:.1f} GiB): shard "
+                f"them over more chips (MeshConfig.fsdp = -1, now {fsdp}; a larger slice) or add "
+                f"MeshConfig.tensor")
+    rows = report.batch_size // max(1, report.chips // report.mesh.get("tensor", 1))
+    return (f"{over}; the biggest part is the step's temporaries, mostly activations ({activations / gib:.1f} GiB): "
+            f"save fewer (train.remat = 'full', now {report.settings['remat']!r}), use fewer rows per chip "
+            f"({rows} now: lower SeqioInput.batch_size and raise OptimizerConfig.accumulation_steps to keep the "
+            f"global batch), or fused attention (train.attention_impl = 'splash' on TPU)")
