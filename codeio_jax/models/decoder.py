@@ -72,7 +72,9 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: Array, positions: Array | None = None, segments: Array | None = None,
-                 cache: list[dict] | None = None):
+                 cache: list[dict] | None = None, return_hidden: bool = False):
+        """(logits, cache); with return_hidden, (the final normed hidden states, cache)
+        instead of logits: the caller applies vocab_logits itself (a chunked loss)."""
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         if positions is None:
@@ -95,14 +97,44 @@ class Decoder(nn.Module):
                 new_cache.append(layer_cache)
         x = RMSNorm(cfg.norm_eps, cfg.norm_plus_one, dtype, pdtype, name="norm")(x)
         if cfg.tie_embeddings:
-            logits = embed.attend(x)
+            kernel = embed.embedding.T
         else:
-            logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype,
-                              kernel_init=dense_init(("embed", "vocab")), name="lm_head")(x)
-        if cfg.final_logit_softcap is not None:
-            logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
-        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-        return logits, new_cache
+            kernel = OutputKernel((cfg.hidden_size, cfg.vocab_size), pdtype, name="lm_head")()
+        if return_hidden:
+            return x, new_cache
+        return vocab_logits(cfg, x, kernel), new_cache
+
+
+class OutputKernel(nn.Module):
+    """The untied output projection's kernel [embed, vocab], under the name
+    lm_head/kernel (as flax's Dense kept it), given out bare so that the loss can
+    apply it a chunk of the sequence at a time (training/step.py)."""
+
+    shape: tuple[int, int]
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self) -> Array:
+        return self.param("kernel", dense_init(("embed", "vocab")), self.shape, self.param_dtype)
+
+
+def vocab_logits(config: ModelConfig, hidden: Array, kernel: Array) -> Array:
+    """Logits [..., vocab] from the final normed hidden states and the output
+    kernel [embed, vocab] (the embedding, transposed, when tied), in the compute
+    dtype, soft-capped for Gemma 2."""
+    dtype = jnp.dtype(config.dtype)
+    logits = jnp.dot(hidden.astype(dtype), kernel.astype(dtype))
+    if config.final_logit_softcap is not None:
+        logits = jnp.tanh(logits / config.final_logit_softcap) * config.final_logit_softcap
+    names = ("batch", "length", "vocab")[-logits.ndim:]
+    return nn.with_logical_constraint(logits, names)
+
+
+def output_kernel(config: ModelConfig, params: dict) -> Array:
+    """The kernel vocab_logits takes, from a parameter tree."""
+    if config.tie_embeddings:
+        return params["embed_tokens"]["embedding"].T
+    return params["lm_head"]["kernel"]
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any = None) -> list[dict]:

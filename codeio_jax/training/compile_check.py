@@ -84,12 +84,13 @@ def compile_configured(topology: hardware.Topology) -> CompileReport:
     arguments = configured_train_arguments()
     return compile_for(topology, **{name: arguments[name] for name in (
         "model", "mesh", "optimizer", "steps", "batch_size", "length", "seed", "z_loss", "compute_dtype", "remat",
-        "attention_impl", "moe_impl")})
+        "attention_impl", "moe_impl", "loss_chunk_length")})
 
 
 def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int, batch_size: int, length: int,
                 seed: int = 0, z_loss: float = 0.0, compute_dtype: str = "bfloat16", remat: str | None = None,
-                attention_impl: str | None = None, moe_impl: str | None = None) -> CompileReport:
+                attention_impl: str | None = None, moe_impl: str | None = None,
+                loss_chunk_length: int = 512) -> CompileReport:
     """Compile the step `train` would build for these arguments on `topology`."""
     import flax.linen as nn
     import jax
@@ -100,7 +101,7 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
 
     devices = hardware.topology_devices(topology)
     setup = build_step(model, mesh, optimizer, steps, seed, z_loss, compute_dtype, remat, attention_impl, moe_impl,
-                       devices=devices)
+                       loss_chunk_length, devices=devices)
     mesh_shape = dict(setup.mesh.shape)
     batch_shards = 1
     for axis in setup.batch_sharding.spec[0] or ():
@@ -136,7 +137,8 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
     config = setup.config
     settings = {"model": f"{config.family} {config.num_layers} layers, hidden {config.hidden_size}",
                 "compute_dtype": config.dtype, "remat": config.remat, "attention_impl": config.attention_impl,
-                "moe_impl": config.moe_impl if config.moe is not None else None}
+                "moe_impl": config.moe_impl if config.moe is not None else None,
+                "loss_chunk_length": loss_chunk_length}
     report = CompileReport(
         topology=topology.name, chips=chips, device_kind=devices[0].device_kind, mesh=mesh_shape,
         batch_size=batch_size, length=length, accumulation_steps=optimizer.accumulation_steps,

@@ -3,7 +3,8 @@
 The step: forward in the compute dtype (bfloat16 on accelerators) over float32
 master weights, masked cross-entropy in float32 (the loss falls only where
 `decoder_loss_weights` is 1: assistant turns, targets) with an optional
-z-loss, gradients, AdamW. Its FLOPs are counted in `flops_per_token`, the
+z-loss, computed a chunk of positions at a time so the full-vocabulary logits
+never exist at once, gradients, AdamW. Its FLOPs are counted in `flops_per_token`, the
 numerator of MFU.
 """
 
@@ -45,27 +46,70 @@ def init_state(config: ModelConfig, optimizer: optax.GradientTransformation, see
     return nn.meta.unbox(state) if unbox else state
 
 
-def loss_fn(params, model: Decoder, batch: dict, z_loss: float):
-    logits, _ = model.apply({"params": params}, batch["decoder_input_tokens"], batch["decoder_positions"],
-                            batch["decoder_segment_ids"])
-    logits = logits.astype(jnp.float32)
+def loss_fn(params, model: Decoder, batch: dict, z_loss: float, chunk_length: int = 0):
+    """Masked cross-entropy (+ z-loss) and accuracy over the loss-weighted positions.
+
+    chunk_length > 0: the output projection, softmax and their gradients run a
+    chunk of `chunk_length` positions at a time (a scan whose body is
+    rematerialised), so the [batch, length, vocab] float32 logits and their
+    gradient never exist at once; only one chunk's do. 0: the whole sequence at once."""
+    from codeio_jax.models.decoder import output_kernel
+
+    hidden, _ = model.apply({"params": params}, batch["decoder_input_tokens"], batch["decoder_positions"],
+                            batch["decoder_segment_ids"], return_hidden=True)
+    kernel = output_kernel(model.config, params)
     targets = batch["decoder_target_tokens"]
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    sums = _chunked_sums(model.config, hidden, kernel, targets, weights, chunk_length)
+    tokens = jnp.maximum(weights.sum(), 1.0)
+    loss = sums["nll"] / tokens
+    z = sums["z"] / tokens
+    total = loss + z_loss * z
+    return total, {"loss": loss, "z_loss": z, "accuracy": sums["correct"] / tokens, "loss_tokens": weights.sum()}
+
+
+def _sums(config, hidden, kernel, targets, weights) -> dict:
+    """Weighted sums of the negative log-likelihood, log Z squared and correct argmaxes."""
+    from codeio_jax.models.decoder import vocab_logits
+
+    logits = vocab_logits(config, hidden, kernel).astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    nll = log_z - target_logit
-    tokens = jnp.maximum(weights.sum(), 1.0)
-    loss = (nll * weights).sum() / tokens
-    z = (jnp.square(log_z) * weights).sum() / tokens
-    total = loss + z_loss * z
-    correct = ((logits.argmax(-1) == targets) * weights).sum()
-    return total, {"loss": loss, "z_loss": z, "accuracy": correct / tokens, "loss_tokens": weights.sum()}
+    return {"nll": ((log_z - target_logit) * weights).sum(), "z": (jnp.square(log_z) * weights).sum(),
+            "correct": ((logits.argmax(-1) == targets) * weights).sum()}
+
+
+def _chunked_sums(config, hidden, kernel, targets, weights, chunk_length: int) -> dict:
+    length = hidden.shape[1]
+    if chunk_length <= 0 or chunk_length >= length:
+        return _sums(config, hidden, kernel, targets, weights)
+    chunks = -(-length // chunk_length)
+    pad = chunks * chunk_length - length
+    if pad:  # padded positions carry weight 0 and add nothing
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+        weights = jnp.pad(weights, ((0, 0), (0, pad)))
+
+    def split(x):  # [batch, chunks * c, ...] -> [chunks, batch, c, ...]
+        return jnp.swapaxes(x.reshape(x.shape[0], chunks, chunk_length, *x.shape[2:]), 0, 1)
+
+    @jax.checkpoint
+    def body(totals, chunk):
+        h, t, w = chunk
+        part = _sums(config, h, kernel, t, w)
+        return {key: totals[key] + part[key] for key in totals}, None
+
+    zero = jnp.zeros((), jnp.float32)
+    totals, _ = jax.lax.scan(body, {"nll": zero, "z": zero, "correct": zero},
+                             (split(hidden), split(targets), split(weights)))
+    return totals
 
 
 def train_step(state: TrainState, batch: dict, model: Decoder, optimizer: optax.GradientTransformation,
-               schedule: optax.Schedule, z_loss: float = 0.0) -> tuple[TrainState, dict]:
+               schedule: optax.Schedule, z_loss: float = 0.0,
+               loss_chunk_length: int = 0) -> tuple[TrainState, dict]:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, model, batch, z_loss)
+    (_, metrics), grads = grad_fn(state.params, model, batch, z_loss, loss_chunk_length)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.global_norm(grads)

@@ -60,7 +60,8 @@ class StepSetup:
 
 def build_step(model: ModelConfig, mesh: partitioning.MeshConfig, optimizer: OptimizerConfig, steps: int,
                seed: int = 0, z_loss: float = 0.0, compute_dtype: str = "bfloat16", remat: str | None = None,
-               attention_impl: str | None = None, moe_impl: str | None = None, devices: Any = None) -> StepSetup:
+               attention_impl: str | None = None, moe_impl: str | None = None, loss_chunk_length: int = 512,
+               devices: Any = None) -> StepSetup:
     """The configured step over `devices` (default: every device of the job).
     remat, attention_impl and moe_impl override the model's own when given."""
     overrides = {name: value for name, value in (("remat", remat), ("attention_impl", attention_impl),
@@ -74,7 +75,7 @@ def build_step(model: ModelConfig, mesh: partitioning.MeshConfig, optimizer: Opt
     shapes = jax.eval_shape(functools.partial(init_state, config, tx, seed))
     batch_sharding = partitioning.batch_sharding(device_mesh, rules)
     step_fn = jax.jit(functools.partial(train_step, model=Decoder(config), optimizer=tx, schedule=schedule,
-                                        z_loss=z_loss),
+                                        z_loss=z_loss, loss_chunk_length=loss_chunk_length),
                       in_shardings=(state_shardings, batch_sharding),
                       out_shardings=(state_shardings, partitioning.replicated(device_mesh)), donate_argnums=0)
     return StepSetup(config, device_mesh, rules, tx, schedule, shapes, state_shardings, batch_sharding, step_fn)
@@ -94,7 +95,7 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
           steps: int = 1000, optimizer: OptimizerConfig = OptimizerConfig(),
           mesh: partitioning.MeshConfig = partitioning.MeshConfig(), seed: int = 0, z_loss: float = 0.0,
           compute_dtype: str = "bfloat16", remat: str | None = None, attention_impl: str | None = None,
-          moe_impl: str | None = None, log_every: int = 10,
+          moe_impl: str | None = None, loss_chunk_length: int = 512, log_every: int = 10,
           checkpoint_every: int = 500, keep_checkpoints: int = 3, async_checkpoints: bool = True,
           evaluate: Callable[[ModelConfig, Any, int], dict] | None = None, eval_every: int = 0,
           peak_flops: float | None = None, init_from: str | Path | None = None,
@@ -105,6 +106,8 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
 
     compute_dtype: activations and matmuls (float32 master weights either way).
     remat, attention_impl, moe_impl: override the model's (models/config.py lists the choices).
+    loss_chunk_length: positions whose logits the loss computes at once (0: the whole
+      sequence); the [batch, length, vocab] logits never exist whole otherwise.
     evaluate: called as evaluate(config, params, step) every `eval_every` steps
       and at the last one (e.g. @SeqioEvaluator()); its numbers are logged with the step's.
     peak_flops: per device, for MFU (default: looked up from the device kind).
@@ -113,7 +116,8 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
       run that has its own checkpoints resumes from those instead.
     """
     model_dir = Path(model_dir) if "://" not in str(model_dir) else model_dir
-    setup = build_step(model, mesh, optimizer, steps, seed, z_loss, compute_dtype, remat, attention_impl, moe_impl)
+    setup = build_step(model, mesh, optimizer, steps, seed, z_loss, compute_dtype, remat, attention_impl, moe_impl,
+                       loss_chunk_length)
     config = setup.config
     checkpoints = Checkpoints(model_dir, keep=keep_checkpoints, every=checkpoint_every,
                               async_save=async_checkpoints)
