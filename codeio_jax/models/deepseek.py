@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from codeio_jax.models.config import ModelConfig
-from codeio_jax.models.layers import (Projection, RMSNorm, attend, attention_mask, dense_init, inverse_frequencies,
-                                      rotary, write_cache)
+from codeio_jax.models.attention import attention_mask, parameter_free_impl, self_attention, xla_attention
+from codeio_jax.models.layers import Projection, RMSNorm, dense_init, inverse_frequencies, rotary, write_cache
 
 Array = jax.Array
 
@@ -104,7 +104,8 @@ class MLAttention(nn.Module):
         kv_b = Weight((rank, heads, nope + mla.v_head_dim), ("kv_lora", "heads", "head_dim"), pdtype,
                       name="kv_b_proj")().astype(dtype)
         if cache is None:
-            out = _attend_expanded(cfg, q_nope, q_pe, latent, k_pe, kv_b, positions, segments)
+            impl = parameter_free_impl(self, cfg.attention_impl)
+            out = _attend_expanded(cfg, q_nope, q_pe, latent, k_pe, kv_b, positions, segments, impl)
         else:
             out, cache = _attend_latent(cfg, q_nope, q_pe, latent, k_pe, kv_b, positions, cache)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
@@ -114,9 +115,10 @@ class MLAttention(nn.Module):
 
 
 def _attend_expanded(cfg: ModelConfig, q_nope: Array, q_pe: Array, latent: Array, k_pe: Array, kv_b: Array,
-                     positions: Array, segments: Array | None) -> Array:
+                     positions: Array, segments: Array | None, impl: str) -> Array:
     """Training and uncached forward: expand the latent into per-head keys and
-    values (as transformers does) and attend; cheapest when every position queries."""
+    values (as transformers does) and attend by `impl`;
+    cheapest when every position queries."""
     nope = cfg.mla.qk_nope_head_dim
     kv = jnp.einsum("bsr,rhd->bshd", latent, kv_b)
     k_pe = jnp.broadcast_to(k_pe, (*kv.shape[:3], k_pe.shape[-1]))
@@ -125,36 +127,26 @@ def _attend_expanded(cfg: ModelConfig, q_nope: Array, q_pe: Array, latent: Array
     k = nn.with_logical_constraint(jnp.concatenate([kv[..., :nope], k_pe.astype(kv.dtype)], -1),
                                    ("batch", "length", "heads", "head_dim"))
     v = nn.with_logical_constraint(kv[..., nope:], ("batch", "length", "heads", "head_dim"))
-    mask = attention_mask(positions, positions, segments, segments, None)
-    return _attend_padded(q, k, v, mask, cfg.query_scale)
+    return self_attention(q, k, v, positions, segments, impl=impl, scale=cfg.query_scale)
 
 
 def _attend_latent(cfg: ModelConfig, q_nope: Array, q_pe: Array, latent: Array, k_pe: Array, kv_b: Array,
                    positions: Array, cache: dict) -> tuple[Array, dict]:
     """Decoding: write the latent and k_pe into the cache, then attend in the
-    latent space. q_nope . (latent W_k) = (q_nope W_k^T) . latent, and the
-    output's W_v is applied after the weighted sum, so the cache is never
-    expanded: one shared "key" head of [latent, k_pe] (multi-query attention)."""
+    latent space (the XLA reference, as all cached attention). q_nope . (latent W_k)
+    = (q_nope W_k^T) . latent, and the output's W_v is applied after the weighted
+    sum, so the cache is never expanded: one shared "key" head of [latent, k_pe]
+    (multi-query attention) whose values are the latent alone."""
     nope = cfg.mla.qk_nope_head_dim
     written = {"k": cache["latent"], "v": cache["k_pe"]}
-    latent_all, pe_all, k_positions, _, written = write_cache(written, latent, k_pe[:, :, 0], positions, None)
+    latent_all, pe_all, k_positions, written = write_cache(written, latent, k_pe[:, :, 0], positions)
     q_latent = jnp.einsum("bthd,rhd->bthr", q_nope, kv_b[..., :nope])
     q = jnp.concatenate([q_latent, q_pe.astype(q_latent.dtype)], -1)
     k = jnp.concatenate([latent_all, pe_all], -1)[:, :, None, :].astype(q.dtype)
     mask = attention_mask(positions, k_positions, None, None, None)
-    out_latent = _attend_padded(q, k, latent_all[:, :, None, :].astype(q.dtype), mask, cfg.query_scale)
+    out_latent = xla_attention(q, k, latent_all[:, :, None, :].astype(q.dtype), mask, cfg.query_scale, None)
     out = jnp.einsum("bthr,rhd->bthd", out_latent, kv_b[..., nope:])
     return out, {"latent": written["k"], "k_pe": written["v"]}
-
-
-def _attend_padded(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
-    """layers.attend for values narrower than the keys (v_head_dim < nope + rope,
-    or the latent against [latent, k_pe]): jax.nn.dot_product_attention wants
-    one head size, so v gets zero columns, which only add zero outputs, cut off after."""
-    width = v.shape[-1]
-    if width < k.shape[-1]:
-        v = jnp.pad(v, [(0, 0)] * 3 + [(0, k.shape[-1] - width)])
-    return attend(q, k, v, mask, scale, None)[..., :width]
 
 
 def init_mla_cache(config: ModelConfig, batch: int, length: int, dtype: Any) -> dict:

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from codeio_jax.models.attention import attention_mask, parameter_free_impl, self_attention, xla_attention
 from codeio_jax.models.config import ModelConfig, RopeConfig
 
 Array = jax.Array
@@ -137,38 +138,11 @@ def rotary(x: Array, positions: Array, inv_freq: Array, factor: float = 1.0,
     return out.astype(x.dtype)
 
 
-def attention_mask(q_positions: Array, k_positions: Array, q_segments: Array | None,
-                   k_segments: Array | None, window: int | None) -> Array:
-    """[batch, 1, q, k] booleans: causal by position, within a segment (packing),
-    within the window (sliding layers)."""
-    mask = k_positions[:, None, :] <= q_positions[:, :, None]
-    if q_segments is not None:
-        mask &= q_segments[:, :, None] == k_segments[:, None, :]
-    if window is not None:
-        mask &= k_positions[:, None, :] > q_positions[:, :, None] - window
-    return mask[:, None, :, :]
-
-
-def attend(q: Array, k: Array, v: Array, mask: Array, scale: float, softcap: float | None) -> Array:
-    """q [b, t, heads, d], k/v [b, s, kv_heads, d]: grouped-query attention.
-    Without soft-capping it is jax.nn.dot_product_attention (cuDNN's fused
-    kernel where the GPU can); with it (Gemma 2) the scores are capped by hand."""
-    if softcap is None:
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
-    groups = q.shape[2] // k.shape[2]
-    k = jnp.repeat(k, groups, axis=2)
-    v = jnp.repeat(v, groups, axis=2)
-    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
-    scores = jnp.tanh(scores / softcap) * softcap
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhts,bshd->bthd", weights, v)
-
-
 class Attention(nn.Module):
-    """Grouped-query attention with rotary positions (Llama, Qwen 2.5, Gemma 2).
-    With a cache, the new keys and values are written at their positions and
-    the queries attend over the whole cache."""
+    """Grouped-query attention with rotary positions (Llama, Qwen 2.5, Gemma 2),
+    by config.attention_impl (models/attention.py). With a cache, the new keys
+    and values are written at their positions and the queries attend over the
+    whole cache (always the XLA reference)."""
 
     config: ModelConfig
     layer: int
@@ -189,23 +163,25 @@ class Attention(nn.Module):
         q = rotary(q, positions, inv_freq, factor)
         k = rotary(k, positions, inv_freq, factor)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
-        k, v, k_positions, k_segments, cache = write_cache(cache, k, v, positions, segments)
         window = cfg.sliding_window if cfg.layer_slides(self.layer) else None
-        mask = attention_mask(positions, k_positions, segments, k_segments, window)
-        out = attend(q, k, v, mask, cfg.query_scale, cfg.attn_logit_softcap)
+        if cache is None:
+            out = self_attention(q, k, v, positions, segments, impl=parameter_free_impl(self, cfg.attention_impl),
+                                 scale=cfg.query_scale, softcap=cfg.attn_logit_softcap, window=window)
+        else:
+            k, v, k_positions, cache = write_cache(cache, k, v, positions)
+            mask = attention_mask(positions, k_positions, None, None, window)
+            out = xla_attention(q, k, v, mask, cfg.query_scale, cfg.attn_logit_softcap)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         out = Projection((cfg.hidden_size,), ("heads", "head_dim", "embed"), contract=2, dtype=dtype,
                          param_dtype=pdtype, name="o_proj")(out)
         return out, cache
 
 
-def write_cache(cache: dict | None, k: Array, v: Array, positions: Array, segments: Array | None):
-    """Without a cache: the keys are the new ones. With one ({"k", "v"}: [b, s,
-    kv_heads, d]), write the new keys and values at each row's positions (rows
-    may be at different positions) and attend over all s slots; slot j holds
-    position j, so causality by position leaves unwritten slots out."""
-    if cache is None:
-        return k, v, positions, segments, None
+def write_cache(cache: dict, k: Array, v: Array, positions: Array):
+    """Write the new keys and values ({"k", "v"}: [b, s, kv_heads, d]) at each
+    row's positions (rows may be at different positions) and attend over all s
+    slots: (keys, values, slot positions, the cache). Slot j holds position j,
+    so causality by position leaves unwritten slots out."""
     start = positions[:, 0]
 
     def put(buffer, new, at):
@@ -214,7 +190,7 @@ def write_cache(cache: dict | None, k: Array, v: Array, positions: Array, segmen
     k_all = jax.vmap(put)(cache["k"], k, start)
     v_all = jax.vmap(put)(cache["v"], v, start)
     slots = jnp.broadcast_to(jnp.arange(k_all.shape[1])[None, :], k_all.shape[:2])
-    return k_all, v_all, slots, None, {"k": k_all, "v": v_all}
+    return k_all, v_all, slots, {"k": k_all, "v": v_all}
 
 
 class MLP(nn.Module):
