@@ -178,6 +178,14 @@ def from_hf_config(hf: dict[str, Any], **overrides) -> ModelConfig:
                                   qk_nope_head_dim=hf["qk_nope_head_dim"],
                                   qk_rope_head_dim=hf["qk_rope_head_dim"], v_head_dim=hf["v_head_dim"])
         if hf.get("n_routed_experts"):
+            topk_method = hf.get("topk_method") or "greedy"
+            if topk_method != "greedy":
+                # DeepSeek-V2 (236B) first picks topk_group of n_group expert groups, then the
+                # top-k inside them; routing every token greedily would run another model.
+                raise ValueError(f"topk_method {topk_method!r} (n_group {hf.get('n_group')}, topk_group "
+                                 f"{hf.get('topk_group')}) is not supported: only greedy top-k routing is "
+                                 "(DeepSeek-V2-Lite and DeepSeek-Coder-V2-Lite); DeepSeek-V2's group-limited "
+                                 "routing is not implemented")
             fields["moe"] = MoEConfig(
                 num_experts=hf["n_routed_experts"], num_shared_experts=hf.get("n_shared_experts") or 0,
                 experts_per_token=hf["num_experts_per_tok"],
