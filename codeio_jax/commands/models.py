@@ -25,6 +25,13 @@ def add_commands(sub) -> None:
                        help="with --compile_only: a Cloud TPU slice (v5p-64, v6e-256, v5e-16, v4-32, ...) or "
                             "cpu:N for N fake CPU devices")
     train.add_argument("--json", type=Path, default=None, help="with --compile_only: also write the report here")
+    train.add_argument("--coordinator_address", default=None,
+                       help="multi-process job: process 0's host:port (default: $JAX_COORDINATOR_ADDRESS; on a "
+                            "Cloud TPU slice, under SLURM or Open MPI jax finds it)")
+    train.add_argument("--num_processes", type=int, default=None,
+                       help="multi-process job: how many processes (default: $JAX_NUM_PROCESSES)")
+    train.add_argument("--process_id", type=int, default=None,
+                       help="multi-process job: this process's id, 0 to num_processes-1 (default: $JAX_PROCESS_ID)")
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser(
@@ -64,11 +71,21 @@ def _train(args) -> int:
         raise CommandError("--topology and --json go with --compile_only")
     from codeio_jax.training import partitioning
 
-    partitioning.initialize_distributed()
-    parse_gin_flags(args, register_training=True)
+    try:
+        partitioning.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    except partitioning.DistributedError as exc:
+        raise CommandError(str(exc)) from None
+    import jax
+
+    _parse_gin_alike_on_every_process(args)
     from codeio_jax.training.trainer import train
 
+    # Every process logs the same replicated numbers; one copy is enough.
+    primary = jax.process_index() == 0
+
     def progress(row):
+        if not primary:
+            return
         parts = [f"step {row['step']}", f"loss {row['loss']:.4f}", f"lr {row['learning_rate']:.2e}",
                  f"grad_norm {row['grad_norm']:.3f}", f"{row['tokens_per_s']:,.0f} tokens/s"]
         if "mfu" in row:
@@ -80,9 +97,52 @@ def _train(args) -> int:
         report = train(on_log=progress)
     except (ValueError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
-    resumed = f" (resumed at step {report.start_step})" if report.start_step else ""
-    print(f"train: steps {report.start_step}..{report.end_step}{resumed}; model_dir {report.model_dir}")
+    if primary:
+        resumed = f" (resumed at step {report.start_step})" if report.start_step else ""
+        print(f"train: steps {report.start_step}..{report.end_step}{resumed}; model_dir {report.model_dir}")
     return 0
+
+
+def _parse_gin_alike_on_every_process(args) -> None:
+    """Parse the gin flags and make sure every process of the job parsed the same
+    config: processes that train different configs in one job would hang in their
+    first collective or train garbage. Every process fails with the same message."""
+    import hashlib
+
+    import gin
+    import jax
+
+    # One process alone does not start the backend here: that waits for the trainer.
+    if not jax.distributed.is_initialized() or jax.process_count() == 1:
+        parse_gin_flags(args, register_training=True)
+        return
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    try:
+        parse_gin_flags(args, register_training=True)
+        failure, digest = None, hashlib.sha256(gin.config_str().encode()).digest()
+    except CommandError as exc:
+        failure, digest = exc, bytes(32)
+    local = np.frombuffer(bytes([failure is not None]) + digest, np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(local))
+    if failure is not None:
+        raise failure
+    failed = [process for process, row in enumerate(gathered) if row[0]]
+    if failed:
+        raise CommandError(f"{_processes(failed)} could not parse the gin config (its own error says why)")
+    groups: dict[bytes, list[int]] = {}
+    for process, row in enumerate(gathered):
+        groups.setdefault(row[1:].tobytes(), []).append(process)
+    if len(groups) > 1:
+        described = "; ".join(f"{_processes(members)}: config {config_digest.hex()[:12]}"
+                              for config_digest, members in groups.items())
+        raise CommandError(f"the processes of this job parsed different gin configs ({described}); start every "
+                           f"process with the same --gin_file and --gin flags and the same gin files")
+
+
+def _processes(ids: list[int]) -> str:
+    return f"process {ids[0]}" if len(ids) == 1 else f"processes {', '.join(map(str, ids))}"
 
 
 def _eval(args) -> int:

@@ -3,9 +3,18 @@ global arrays on the mesh; or synthetic tokens for benchmarks.
 
 Determinism: the mixture is read with a fixed seed and repeated, so batch n is
 the same in every run; the iterator's position (batches handed out) goes into
-each checkpoint, and a resumed run skips that many batches. Each host reads
-its own shard of every batch (seqio.ShardInfo), so multi-host loading needs no
-coordination.
+each checkpoint, and a resumed run skips that many batches.
+
+Many hosts: every input hands out the whole global batch, the same on every
+host, and `to_global` passes on only the rows the batch sharding puts on this
+host's devices. So batch n is the same whatever the number of processes, and
+a job on 2 hosts x 4 devices trains on what one host with 8 devices does; a
+checkpoint resumes on another number of hosts at the same place in the data.
+The price: each host reads, tokenizes and packs the whole global batch, so
+its input work is the global batch's, not its share's, and does not shrink as
+hosts are added (benchmarks/input_pipeline.py measures the pipeline against
+the step it feeds). Reading a shard per host (seqio.ShardInfo) would divide
+that work but make the data, and so the run, depend on the number of hosts.
 """
 
 from __future__ import annotations
@@ -19,14 +28,11 @@ import numpy as np
 from codeio_jax.training.step import BATCH_KEYS
 
 
-class InputError(ValueError):
-    """Input that cannot feed the run as configured."""
-
-
 @gin.configurable
 class SeqioInput:
     """mixture: a registered SeqIO task or mixture name (tasks/codeio.py);
-    length: packed sequence length; batch_size: global batch, rows of `length`."""
+    length: packed sequence length; batch_size: global batch, rows of `length`
+    (every host reads all of it: see the module docstring)."""
 
     def __init__(self, mixture: str = gin.REQUIRED, length: int = 2048, batch_size: int = 8, seed: int = 0,
                  split: str = "train", pack: bool = True, register: Any = None):
@@ -34,8 +40,6 @@ class SeqioInput:
             register()  # e.g. @register_codeio_tasks: registration bound in the same gin file
         self.mixture, self.length, self.batch_size = mixture, length, batch_size
         self.seed, self.split, self.pack = seed, split, pack
-        if batch_size % jax.process_count():
-            raise InputError(f"batch_size {batch_size} does not split over {jax.process_count()} hosts")
         self.position = 0
         self._iterator: Iterator | None = None
 
@@ -44,12 +48,10 @@ class SeqioInput:
 
         from tasks.feature_converters import ChatLMFeatureConverter
 
-        shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
         dataset = seqio.get_dataset(self.mixture, task_feature_lengths={"targets": self.length},
                                     dataset_split=self.split, shuffle=True, num_epochs=None, seed=self.seed,
-                                    shard_info=shard, feature_converter=ChatLMFeatureConverter(pack=self.pack))
-        local = self.batch_size // jax.process_count()
-        return dataset.batch(local, drop_remainder=True).skip(self.position).prefetch(2)
+                                    feature_converter=ChatLMFeatureConverter(pack=self.pack))
+        return dataset.batch(self.batch_size, drop_remainder=True).skip(self.position).prefetch(2)
 
     def skip_to(self, position: int) -> None:
         """Continue after `position` batches (a restored checkpoint's)."""
@@ -85,14 +87,29 @@ class SyntheticInput:
     def __next__(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng((self.seed, self.position))
         self.position += 1
-        local = self.batch_size // jax.process_count()
-        tokens = rng.integers(0, self.vocab_size, (local, self.length + 1), dtype=np.int32)
-        ones = np.ones((local, self.length), np.int32)
+        tokens = rng.integers(0, self.vocab_size, (self.batch_size, self.length + 1), dtype=np.int32)
+        ones = np.ones((self.batch_size, self.length), np.int32)
         return {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
                 "decoder_loss_weights": ones, "decoder_segment_ids": ones,
                 "decoder_positions": np.broadcast_to(np.arange(self.length, dtype=np.int32), ones.shape).copy()}
 
 
-def to_global(batch: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-    """Each host's rows into one global array per feature, laid out by `sharding`."""
-    return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}
+def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+    """The global batch (the same on every host) as one global array per feature,
+    laid out by `sharding`; each host hands over only the part its devices hold."""
+    return {key: jax.make_array_from_process_local_data(sharding, host_part(value, sharding), value.shape)
+            for key, value in batch.items()}
+
+
+def host_part(array: np.ndarray, sharding: jax.sharding.Sharding) -> np.ndarray:
+    """The part of the global `array` that `sharding` puts on this process's
+    devices, arranged as jax.make_array_from_process_local_data reads it: along
+    each dimension, the distinct slices these devices hold, in increasing order.
+    Computed from the sharding, so it holds for any order of the devices in the
+    mesh (rows need not be contiguous, and hosts that replicate rows get the same)."""
+    indices = list(sharding.addressable_devices_indices_map(array.shape).values())
+    for dim, size in enumerate(array.shape):
+        spans = sorted({index[dim].indices(size)[:2] for index in indices})
+        if spans != [(0, size)]:
+            array = np.take(array, np.concatenate([np.arange(start, stop) for start, stop in spans]), axis=dim)
+    return array

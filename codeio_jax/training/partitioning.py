@@ -101,14 +101,80 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def initialize_distributed() -> None:
-    """Join the other processes of a multi-host job (a TPU pod slice, several
-    GPU nodes); nothing on one host. Must run before anything touches the devices."""
+class DistributedError(ValueError):
+    """A multi-process job described incompletely; the message says what to set."""
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Join the other processes of a multi-process job; nothing for one process.
+    Must run before anything touches the devices.
+
+    Each argument left None is read from JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID (any cluster: loopback, Kubernetes,
+    hand-started hosts). With none of them set, jax.distributed works the job
+    out by itself where a launcher it knows started several processes: a Cloud
+    TPU slice, SLURM, Open MPI.
+    """
     import os
 
-    multi = ("," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-             or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
-             or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-             or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
-    if multi:
-        jax.distributed.initialize()
+    coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    num_processes = num_processes if num_processes is not None else _environ_int("JAX_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _environ_int("JAX_PROCESS_ID")
+    given = {"coordinator address": coordinator_address, "number of processes": num_processes,
+             "process id": process_id}
+    detectable = _cluster_detectable()
+    if all(value is None for value in given.values()):
+        if detectable:
+            jax.distributed.initialize()
+        return
+    if num_processes == 1:
+        return
+    missing = [name for name, value in given.items() if value is None]
+    if missing and not detectable:
+        flags = {"coordinator address": "--coordinator_address or JAX_COORDINATOR_ADDRESS",
+                 "number of processes": "--num_processes or JAX_NUM_PROCESSES",
+                 "process id": "--process_id or JAX_PROCESS_ID"}
+        raise DistributedError(f"a multi-process job needs its coordinator address, its number of processes and "
+                               f"each process's id; set {'; '.join(flags[name] for name in missing)}")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def _environ_int(name: str) -> int | None:
+    import os
+
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise DistributedError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _cluster_detectable() -> bool:
+    """Whether this process was started by a launcher whose job
+    jax.distributed.initialize() works out by itself."""
+    import os
+
+    def count(name: str) -> int:
+        try:
+            return int(os.environ.get(name, "1"))
+        except ValueError:
+            return 1
+
+    def hosts(name: str) -> int:
+        return len([host for host in os.environ.get(name, "").split(",") if host.strip()])
+
+    if count("SLURM_NTASKS") > 1 or count("OMPI_COMM_WORLD_SIZE") > 1:
+        return True
+    if hosts("TPU_WORKER_HOSTNAMES") > 1 or hosts("TPU_PROCESS_ADDRESSES") > 1:  # GKE TPU slices
+        return True
+    # A TPU VM created with gcloud names its slice's workers only in the metadata
+    # server, which jax.distributed asks; jax notes at import (from the PCI bus)
+    # whether this is a Cloud TPU VM. A single-host VM joins a job of one.
+    try:
+        from jax._src import cloud_tpu_init
+    except ImportError:
+        return False
+    return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
