@@ -74,6 +74,9 @@ def format_report(report) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
+    if report.xla_flops_per_step and report.xla_flops_per_step < 0.9 * report.model_flops_per_step:
+        lines.append("note: XLA counts fewer FLOPs than the model performs (it counts a loop's body once, e.g. the "
+                     "chunked loss's scan), so its time estimate is low and the estimated MFU high")
     if report.advice:
         lines.append(f"does not fit: {report.advice}")
     return "\n".join(lines)

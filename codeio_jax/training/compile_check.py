@@ -67,9 +67,9 @@ def configured_train_arguments() -> dict[str, Any]:
              if name in ("batch_size", "length")}
     shape.update({k: v for k, v in gin.get_bindings(selector).items() if k in ("batch_size", "length")})
     # Resolve the rest (model, optimizer, mesh) as train would, without the parts
-    # that read data or need a trained model.
+    # that name data, folders or a trained model (their macros may be left unset).
     with gin.unlock_config():
-        for name in ("inputs", "evaluate", "init_from", "on_log"):
+        for name in ("model_dir", "inputs", "evaluate", "init_from", "on_log"):
             if name in raw:
                 gin.bind_parameter(f"train.{name}", None)
     resolved = gin.get_bindings("train")
@@ -115,6 +115,7 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
         compiled = setup.step_fn.lower(setup.abstract_state(), batch).compile()
     compile_s = time.perf_counter() - started
+    attention_ran = _attention_kernel(compiled.as_text())
     memory = compiled.memory_analysis()
     per_chip = {
         "arguments": int(memory.argument_size_in_bytes),
@@ -137,6 +138,7 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
     config = setup.config
     settings = {"model": f"{config.family} {config.num_layers} layers, hidden {config.hidden_size}",
                 "compute_dtype": config.dtype, "remat": config.remat, "attention_impl": config.attention_impl,
+                "attention_kernel": attention_ran,
                 "moe_impl": config.moe_impl if config.moe is not None else None,
                 "loss_chunk_length": loss_chunk_length}
     report = CompileReport(
@@ -148,6 +150,15 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
     if not fits:
         report.advice = advice(report)
     return report
+
+
+def _attention_kernel(hlo: str) -> str:
+    """Which attention the compiled program runs (auto and fallbacks decide at trace time)."""
+    if "splash" in hlo:
+        return "splash"
+    if "cudnn$fmha" in hlo:
+        return "cudnn"
+    return "xla"
 
 
 def _cost(compiled) -> dict[str, float]:

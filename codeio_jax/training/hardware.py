@@ -154,6 +154,9 @@ def topology_devices(topology: Topology) -> list:
     # without a TPU, say it is the slice asked for and alone, which quiets that probe.
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{topology.chip.name}-{topology.chips * topology.chip.cores_per_chip}")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # libtpu takes a host-wide lock meant for processes that drive the chips; a
+    # compile-only process drives none, and several may run side by side.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     options = {"chip_config_name": "megacore"} if topology.chip.cores_per_chip == 2 else {}

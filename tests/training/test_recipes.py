@@ -36,7 +36,7 @@ def common(tmp, tokenizer, name):
             f"--gin.TOKENIZER='{tokenizer}'", "--gin.FAMILY='qwen2'", "--gin.preset.vocab_size=640",
             "--gin.SeqioInput.length=2048", "--gin.SeqioInput.batch_size=2", "--gin.train.compute_dtype='float32'",
             "--gin.train.remat='none'", "--gin.train.steps=3", "--gin.train.log_every=1",
-            "--gin.OptimizerConfig.warmup_steps=1"]
+            "--gin.OptimizerConfig.warmup_steps=1", "--gin.OptimizerConfig.accumulation_steps=1"]
 
 
 def test_stage1_codeio_pp_then_stage2_instructions(data):

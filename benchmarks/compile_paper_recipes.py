@@ -1,0 +1,98 @@
+"""Every paper recipe compiled for its slices: does it fit, with what headroom,
+and what does XLA's cost model expect of it? (No TPU needed: libtpu describes
+the slice on this host; `codeio-jax train --compile_only`, the command a user runs.)
+
+For each model of the paper and each slice it has a file for in gin/slices/, the
+stage-1 recipe (gin/train/stage1_codeio.gin: sequence 4096, global batch 1024 as
+32 rows x 32 micro-batches, bf16 over f32 master weights, AdamW) is compiled with
+XLA attention and with splash attention (and, for DeepSeek-V2-Lite, with dense
+and dropless MoE). Printed: per-chip GiB from XLA's memory analysis, against the
+chip's capacity (codeio_jax/training/hardware.py); XLA's flops against the model's
+count (ours, active experts only); the estimated step time and MFU, which come
+from XLA's cost model and are estimates, not measurements.
+
+Each compile of a 7B-27B step takes minutes on 2 cores.
+Run: .venv/bin/python benchmarks/compile_paper_recipes.py [--only qwen2_5_coder_7b] [--out runs/compile.json]
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("qwen2_5_coder_7b", "llama3_1_8b", "deepseek_v2_lite", "gemma2_27b")
+GIB = 1 << 30
+
+
+def variants(model: str):
+    yield {"attention": "xla"}
+    yield {"attention": "splash"}
+    if model == "deepseek_v2_lite":
+        yield {"attention": "splash", "moe": "dense"}
+
+
+def compile_one(slice_file: Path, topology: str, variant: dict, out: Path) -> tuple[int, dict | None, str]:
+    command = [sys.executable, "-m", "codeio_jax.cli", "train", "--gin_file", "train/stage1_codeio.gin",
+               "--gin_file", f"slices/{slice_file.name}", f"--gin.train.attention_impl='{variant['attention']}'",
+               "--compile_only", "--topology", topology, "--json", str(out)]
+    if "moe" in variant:
+        command.append(f"--gin.train.moe_impl='{variant['moe']}'")
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    report = json.loads(out.read_text()) if done.returncode in (0, 3) and out.exists() else None
+    return done.returncode, report, done.stderr[-2000:]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", default=[], help="a model (repeatable); default: all four")
+    parser.add_argument("--out", type=Path, default=None, help="write every report here as JSON")
+    args = parser.parse_args()
+    rows, reports = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.only or MODELS:
+            for slice_file in sorted((ROOT / "gin" / "slices").glob(f"{model}.*.gin")):
+                topology = slice_file.name[len(model) + 1:-len(".gin")]
+                for variant in variants(model):
+                    started = time.perf_counter()
+                    code, report, stderr = compile_one(slice_file, topology, variant, Path(tmp) / "report.json")
+                    label = f"{model} {topology} " + " ".join(f"{k} {v}" for k, v in variant.items())
+                    if report is None:
+                        print(f"{label}: FAILED (exit {code})\n{stderr}", file=sys.stderr, flush=True)
+                        rows.append((model, topology, variant, None))
+                        continue
+                    print(f"{label}: {report['per_chip_bytes']['total'] / GIB:.1f} GiB per chip, "
+                          f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+                    rows.append((model, topology, variant, report))
+                    reports.append({"model": model, "slice": topology, **variant, "report": report})
+    print("\n| model | slice (chips) | mesh | remat | attention | MoE | per-chip GiB | of GiB | headroom "
+          "| XLA / model FLOPs | estimated step s | estimated MFU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for model, topology, variant, report in rows:
+        if report is None:
+            print(f"| {model} | {topology} | | | {variant['attention']} | {variant.get('moe', '')} | failed |"
+                  " | | | | |")
+            continue
+        mesh = " ".join(f"{axis[0]}{size}" for axis, size in report["mesh"].items() if size > 1) or "1"
+        settings = report["settings"]
+        moe = settings.get("moe_impl") or ""
+        ratio = (f"{report['xla_flops_per_step'] / report['model_flops_per_step']:.2f}"
+                 if report["xla_flops_per_step"] else "n/a")
+        step = f"{report['estimated_step_s']:.2f}" if report["estimated_step_s"] else "n/a"
+        mfu = f"{100 * report['estimated_mfu']:.0f}%" if report["estimated_mfu"] else "n/a"
+        print(f"| {model} | {topology} ({report['chips']}) | {mesh} | {settings['remat']} | "
+              f"{settings['attention_impl']} | {moe} | {report['per_chip_bytes']['total'] / GIB:.1f} | "
+              f"{report['hbm_bytes'] / GIB:.1f} | {100 * report['headroom']:.0f}% | {ratio} | {step} | {mfu} |")
+    print("\nper-chip GiB: XLA's memory analysis of the compiled step (arguments + outputs - aliased + temporaries "
+          "+ code); estimated step s and MFU: XLA's cost model (an estimate); mesh: d data, f fsdp, e experts, "
+          "t tensor.")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(reports, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
