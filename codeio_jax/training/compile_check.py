@@ -29,6 +29,7 @@ class CompileReport:
     device_kind: str
     mesh: dict[str, int]
     batch_size: int
+    rows_per_chip: int
     length: int
     accumulation_steps: int
     per_chip_bytes: dict[str, int]
@@ -41,6 +42,7 @@ class CompileReport:
     estimated_mfu: float | None
     compile_s: float
     settings: dict[str, Any]
+    compiler_refusal: str | None  # the compiler's own words when it refused the program for want of memory
     advice: str | None
 
     def to_json(self) -> dict:
@@ -111,27 +113,38 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
                                      f"batch is sharded on ({_axes(setup.batch_sharding.spec[0], mesh_shape)})")
     batch = {key: jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=setup.batch_sharding)
              for key in BATCH_KEYS}
+    state = setup.abstract_state()
     started = time.perf_counter()
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-        compiled = setup.step_fn.lower(setup.abstract_state(), batch).compile()
+        lowered = setup.step_fn.lower(state, batch)
+        try:
+            compiled = lowered.compile()
+        except Exception as exc:  # the TPU compiler refuses a program that cannot fit its HBM
+            if "RESOURCE_EXHAUSTED" not in str(exc):
+                raise
+            compiled, exhausted = None, str(exc)
     compile_s = time.perf_counter() - started
-    attention_ran = _attention_kernel(compiled.as_text())
-    memory = compiled.memory_analysis()
-    per_chip = {
-        "arguments": int(memory.argument_size_in_bytes),
-        "outputs": int(memory.output_size_in_bytes),
-        "aliased": int(memory.alias_size_in_bytes),  # outputs written over donated arguments: counted once
-        "temporaries": int(memory.temp_size_in_bytes),
-        "generated_code": int(memory.generated_code_size_in_bytes),
-    }
-    per_chip["total"] = (per_chip["arguments"] + per_chip["outputs"] - per_chip["aliased"]
-                         + per_chip["temporaries"] + per_chip["generated_code"])
-    cost = _cost(compiled)
+    if compiled is not None:
+        attention_ran = _attention_kernel(compiled.as_text())
+        memory = compiled.memory_analysis()
+        per_chip = {
+            "arguments": int(memory.argument_size_in_bytes),
+            "outputs": int(memory.output_size_in_bytes),
+            "aliased": int(memory.alias_size_in_bytes),  # outputs written over donated arguments: counted once
+            "temporaries": int(memory.temp_size_in_bytes),
+            "generated_code": int(memory.generated_code_size_in_bytes),
+        }
+        per_chip["total"] = (per_chip["arguments"] + per_chip["outputs"] - per_chip["aliased"]
+                             + per_chip["temporaries"] + per_chip["generated_code"])
+    else:
+        attention_ran = _attention_kernel(lowered.as_text())
+        per_chip = _exhausted_memory(exhausted, _shard_bytes((state, batch)))
+    cost = _cost(compiled) if compiled is not None else {}
     chips = len(devices)
     model_flops = flops_per_token(setup.config, length) * batch_size * length
     capacity = topology.chip.hbm_bytes if topology.chip else _host_memory_per_device(chips)
     headroom = 1.0 - per_chip["total"] / capacity if capacity else None
-    fits = headroom is None or headroom >= 0.0
+    fits = compiled is not None and (headroom is None or headroom >= 0.0)
     estimated_s = cost.get("optimal_seconds")
     peak = topology.chip.peak_bf16_flops if topology.chip else None
     mfu = model_flops / (estimated_s * chips * peak) if (estimated_s and peak) else None
@@ -143,13 +156,50 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
                 "loss_chunk_length": loss_chunk_length}
     report = CompileReport(
         topology=topology.name, chips=chips, device_kind=devices[0].device_kind, mesh=mesh_shape,
-        batch_size=batch_size, length=length, accumulation_steps=optimizer.accumulation_steps,
+        batch_size=batch_size, rows_per_chip=batch_size // batch_shards, length=length,
+        accumulation_steps=optimizer.accumulation_steps,
         per_chip_bytes=per_chip, hbm_bytes=capacity, fits=fits, headroom=headroom,
         xla_flops_per_step=cost["flops"] * chips if "flops" in cost else None, model_flops_per_step=model_flops,
-        estimated_step_s=estimated_s, estimated_mfu=mfu, compile_s=compile_s, settings=settings, advice=None)
+        estimated_step_s=estimated_s, estimated_mfu=mfu, compile_s=compile_s, settings=settings,
+        compiler_refusal=_first_line(exhausted) if compiled is None else None, advice=None)
     if not fits:
         report.advice = advice(report)
     return report
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if "RESOURCE_EXHAUSTED" in line]
+    return (lines or [message.strip()])[0][:500]
+
+
+def _shard_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded jax.ShapeDtypeStructs (its biggest shard)."""
+    import math
+
+    import jax
+
+    return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+               for leaf in jax.tree_util.tree_leaves(tree))
+
+
+_SIZE = r"([\d.]+)([KMGT]?)"
+
+
+def _exhausted_memory(message: str, arguments: int) -> dict[str, int]:
+    """Per-chip bytes of a program the compiler refused for want of memory: the
+    arguments from their shardings, the temporaries and the total from the
+    compiler's message where it gives them."""
+    import re
+
+    def size(number: str, unit: str) -> int:
+        return int(float(number) * 1024 ** " KMGT".index(unit or " "))
+
+    temporaries = re.search(r"HLO temporaries \(" + _SIZE + r"\)", message)
+    used = re.search(r"Used " + _SIZE + r" of " + _SIZE, message)
+    per_chip = {"arguments": arguments, "outputs": 0, "aliased": 0, "generated_code": 0,
+                "temporaries": size(*temporaries.groups()) if temporaries else 0}
+    per_chip["total"] = size(*used.groups()[:2]) if used else arguments + per_chip["temporaries"]
+    return per_chip
 
 
 def _attention_kernel(hlo: str) -> str:
@@ -185,7 +235,8 @@ def _host_memory_per_device(devices: int) -> int | None:
 
 
 def advice(report: CompileReport) -> str:
-    """One sentence naming the biggest consumer of a chip's memory and what to change."""
+    """One sentence naming the biggest consumer of a chip's memory and what to change.
+    (Outputs are the updated state, written over the donated arguments.)"""
     parts = report.per_chip_bytes
     state = parts["arguments"]
     activations = parts["temporaries"]
@@ -196,8 +247,14 @@ def advice(report: CompileReport) -> str:
         return (f"{over}; the biggest part is the parameters and optimizer state ({state / gib:.1f} GiB): shard "
                 f"them over more chips (MeshConfig.fsdp = -1, now {fsdp}; a larger slice) or add "
                 f"MeshConfig.tensor")
-    rows = report.batch_size // max(1, report.chips // report.mesh.get("tensor", 1))
+    changes = []
+    if report.settings["remat"] != "full":
+        changes.append(f"save fewer activations (train.remat = 'full', now {report.settings['remat']!r})")
+    if report.rows_per_chip > 1:
+        changes.append(f"use fewer rows per chip ({report.rows_per_chip} now: lower SeqioInput.batch_size and raise "
+                       "OptimizerConfig.accumulation_steps to keep the global batch)")
+    if report.settings["attention_kernel"] == "xla" and report.device_kind.startswith("TPU"):
+        changes.append("fused attention (train.attention_impl = 'splash')")
+    changes.append("a shorter sequence or tensor parallelism (MeshConfig.tensor)")
     return (f"{over}; the biggest part is the step's temporaries, mostly activations ({activations / gib:.1f} GiB): "
-            f"save fewer (train.remat = 'full', now {report.settings['remat']!r}), use fewer rows per chip "
-            f"({rows} now: lower SeqioInput.batch_size and raise OptimizerConfig.accumulation_steps to keep the "
-            f"global batch), or fused attention (train.attention_impl = 'splash' on TPU)")
+            + ", or ".join(changes))

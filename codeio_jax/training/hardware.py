@@ -39,11 +39,8 @@ TPUS = {
     "v5p": Chip("v5p", ("TPU v5p", "TPU v5"), 459e12, 95 * 10**9, cores_per_chip=2, torus_dims=3),
     "v6e": Chip("v6e", ("TPU v6 lite", "TPU v6e"), 918e12, 32 * 10**9),
 }
-GPUS = {
-    "H100": Chip("H100", ("H100",), 989e12, None), "H200": Chip("H200", ("H200",), 989e12, None),
-    "H800": Chip("H800", ("H800",), 989e12, None), "A100": Chip("A100", ("A100",), 312e12, None),
-    "A800": Chip("A800", ("A800",), 312e12, None), "L40S": Chip("L40S", ("L40S",), 362e12, None),
-}
+GPUS = {name: Chip(name, (name,), peak, None) for name, peak in (
+    ("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12))}
 
 
 class TopologyError(ValueError):
@@ -104,8 +101,9 @@ def parse_topology(name: str) -> Topology:
         chips = count // chip.cores_per_chip
         dims = _power_of_two_torus(chips, chip.torus_dims)
         if dims is None:
+            example = "4x4x12" if chip.torus_dims == 3 else "8x16"
             raise TopologyError(f"{name} is not a slice we can name by size; give its torus (e.g. "
-                                f"{chip.name}:4x4x12). Known: {known_topologies()}")
+                                f"{chip.name}:{example}). Known: {known_topologies()}")
         return Topology(name, chip, chips, dims)
     raise TopologyError(f"unknown topology {name!r}; known: {known_topologies()}")
 

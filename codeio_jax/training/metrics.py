@@ -14,21 +14,12 @@ from typing import Callable
 
 import jax
 
-# Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
-PEAK_BF16_FLOPS = {
-    "H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
-}
-
 
 def peak_flops_per_device() -> float | None:
-    """The table's entry for this machine's device kind (None when unknown, e.g. CPU)."""
-    kind = jax.devices()[0].device_kind
-    for name in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
-        if name.lower() in kind.lower():
-            return PEAK_BF16_FLOPS[name]
-    return None
+    """This machine's device's dense bf16 peak (hardware.py's table; None when unknown, e.g. CPU)."""
+    from codeio_jax.training.hardware import peak_flops_per_device as peak_for_kind
+
+    return peak_for_kind(jax.devices()[0].device_kind)
 
 
 class MetricsLog:
