@@ -6,7 +6,11 @@ On a Llama-3.2-1B shape with random weights (models/presets.py: llama3_2_1b):
   2. decode tokens/s of the sampler (bf16, prompts of 128, 256 new tokens greedy)
      at batch 1, 8 and 32;
   3. a training step (bf16 compute, float32 master weights, AdamW, remat) at
-     sequence 2048: step time, tokens/s and MFU against the card's bf16 peak.
+     sequence 2048: step time, tokens/s and MFU against the card's bf16 peak;
+  4. cuDNN's fused attention against XLA's (attention_impl cudnn vs xla): the
+     same train step's time, and the bf16 logits' difference between the two;
+  5. dropless MoE against dense (moe_impl), on DeepSeek-V2-Lite's shape cut to
+     --moe-layers layers: train-step time and the logits' difference.
 Imports no TensorFlow, SeqIO or gin-dependent input code beyond the trainer's
 modules (gin-config travels as a wheel). `--preset tiny_llama --length 128`
 smoke-tests it on CPU.
@@ -72,8 +76,8 @@ def train_speed(config, batch, length, steps, remat):
     config = config.replace(dtype="bfloat16", param_dtype="float32", remat=remat)
     tx, schedule = make_optimizer(OptimizerConfig(warmup_steps=10), 1000)
     state = jax.jit(functools.partial(init_state, config, tx, 0))()
-    step = jax.jit(functools.partial(train_step, model=Decoder(config), optimizer=tx, schedule=schedule),
-                   donate_argnums=0)
+    step = jax.jit(functools.partial(train_step, model=Decoder(config), optimizer=tx, schedule=schedule,
+                                     loss_chunk_length=512), donate_argnums=0)
     data = SyntheticInput(config.vocab_size, length, batch)
     state, metrics = step(state, next(data))
     jax.block_until_ready(metrics)
@@ -89,6 +93,39 @@ def train_speed(config, batch, length, steps, remat):
     return seconds, tokens_per_s, mfu, float(metrics["loss"])
 
 
+def logits_difference(config, changed, length):
+    """Max abs difference of bf16 logits between `config` and `config.replace(**changed)`, same weights."""
+    config = config.replace(dtype="bfloat16")
+    params = unboxed(config)
+    tokens = jnp.asarray(np.random.RandomState(1).randint(0, config.vocab_size, (2, length)))
+    outputs = []
+    for variant in (config, config.replace(**changed)):
+        forward = jax.jit(lambda p, t, variant=variant: Decoder(variant).apply({"params": p}, t)[0])
+        outputs.append(np.asarray(forward(params, tokens).astype(jnp.float32)))
+    return float(np.abs(outputs[0] - outputs[1]).max())
+
+
+def compare(config, field, baseline, candidate, batch, length, steps, remat):
+    """(rows for the table) the train step with `field` = baseline against candidate."""
+    from codeio_jax.models.attention import UnsupportedAttention
+
+    rows = []
+    try:
+        timed = {value: train_speed(config.replace(**{field: value}), batch, length, steps, remat)
+                 for value in (baseline, candidate)}
+        difference = logits_difference(config.replace(**{field: baseline}), {field: candidate}, min(length, 512))
+    except UnsupportedAttention as exc:
+        return [(f"{field} {candidate} vs {baseline}", f"n/a ({exc})")]
+    for value, (seconds, tokens_per_s, mfu, loss) in timed.items():
+        extra = f", MFU {100 * mfu:.1f}%" if mfu else ""
+        rows.append((f"train step, {field} {value}, batch {batch} x {length}",
+                     f"{1000 * seconds:.0f} ms, {tokens_per_s:,.0f} tokens/s{extra}, loss {loss:.3f}"))
+    speedup = timed[baseline][0] / timed[candidate][0]
+    rows.append((f"{field}: {candidate} against {baseline}", f"{speedup:.2f}x the speed; bf16 logits differ by "
+                                                              f"{difference:.3e} at most"))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="llama3_2_1b")
@@ -97,6 +134,9 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--remat", default="dots_with_no_batch_dims")
     parser.add_argument("--decode-batches", default="1,8,32")
+    parser.add_argument("--moe-preset", default="deepseek_v2_lite")
+    parser.add_argument("--moe-layers", type=int, default=4, help="the MoE model's layers (the first is dense)")
+    parser.add_argument("--moe-length", type=int, default=2048)
     args = parser.parse_args()
     config = preset(args.preset)
     device = jax.devices()[0]
@@ -106,6 +146,10 @@ def main():
           f"top-1 agree {100 * check['top-1 agree']:.1f}%", flush=True)
     decode = decode_speed(config, [int(b) for b in args.decode_batches.split(",")])
     seconds, tokens_per_s, mfu, loss = train_speed(config, args.batch, args.length, args.steps, args.remat)
+    attention = compare(config, "attention_impl", "xla", "cudnn", args.batch, args.length, args.steps, args.remat)
+    moe_config = preset(args.moe_preset).replace(num_layers=args.moe_layers)
+    moe = compare(moe_config, "moe_impl", "dense", "dropless", max(1, args.batch // 2), args.moe_length,
+                  args.steps, args.remat)
     print("\n| measurement | value |\n|---|---|")
     print(f"| bf16 vs f32 logits, max abs / relative | {check['max abs']:.3e} / {check['relative']:.3e} |")
     print(f"| bf16 vs f32 top-1 agreement | {100 * check['top-1 agree']:.1f}% |")
@@ -115,6 +159,8 @@ def main():
           f"{tokens_per_s:,.0f} tokens/s, loss {loss:.3f} |")
     print(f"| MFU (bf16 peak {peak_flops_per_device() or float('nan'):.3g} FLOP/s) | "
           f"{'n/a (unknown peak)' if mfu is None else f'{100 * mfu:.1f}%'} |")
+    for name, value in attention + moe:
+        print(f"| {name} | {value} |")
 
 
 if __name__ == "__main__":
