@@ -33,6 +33,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/train_resume.py
 	$(BIN)/python benchmarks/sampling_cpu.py
+	$(BIN)/python benchmarks/chunked_loss.py
+	$(BIN)/python benchmarks/moe_step.py
+	$(BIN)/python benchmarks/multihost_losses.py
+	$(BIN)/python benchmarks/compile_paper_recipes.py --jobs 2 --cache runs/compile_cache
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -5,8 +5,9 @@ the slice on this host; `codeio-jax train --compile_only`, the command a user ru
 For each model of the paper and each slice it has a file for in gin/slices/, the
 stage-1 recipe (gin/train/stage1_codeio.gin: sequence 4096, global batch 1024 as
 32 rows x 32 micro-batches, bf16 over f32 master weights, AdamW) is compiled with
-XLA attention and with splash attention (and, for DeepSeek-V2-Lite, with dense
-and dropless MoE). Printed: per-chip GiB from XLA's memory analysis, against the
+the slice file's own settings (attention auto: splash on TPU) and, on the v5p
+slice, with XLA's attention too (and, for DeepSeek-V2-Lite, with the dense MoE
+reference beside the dropless default). Printed: per-chip GiB from XLA's memory analysis, against the
 chip's capacity (codeio_jax/training/hardware.py); XLA's flops against the model's
 count (ours, active experts only); the estimated step time and MFU, which come
 from XLA's cost model and are estimates, not measurements.
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,11 +30,14 @@ MODELS = ("qwen2_5_coder_7b", "llama3_1_8b", "deepseek_v2_lite", "gemma2_27b")
 GIB = 1 << 30
 
 
-def variants(model: str):
-    yield {"attention": "xla"}
-    yield {"attention": "splash"}
-    if model == "deepseek_v2_lite":
-        yield {"attention": "splash", "moe": "dense"}
+def variants(model: str, topology: str):
+    """The slice file as it is (attention auto: splash on TPU); on the v5p slice also
+    with XLA's attention, and DeepSeek-V2-Lite with the dense MoE reference."""
+    yield {"attention": "auto"}
+    if topology.startswith("v5p"):
+        yield {"attention": "xla"}
+        if model == "deepseek_v2_lite":
+            yield {"attention": "auto", "moe": "dense"}
 
 
 def compile_one(slice_file: Path, topology: str, variant: dict, out: Path) -> tuple[int, dict | None, str]:
@@ -50,24 +55,39 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", default=[], help="a model (repeatable); default: all four")
     parser.add_argument("--out", type=Path, default=None, help="write every report here as JSON")
+    parser.add_argument("--jobs", type=int, default=1, help="compiles at once")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep each report in this folder and reuse it on the next run (a long run resumes)")
     args = parser.parse_args()
-    rows, reports = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for model in args.only or MODELS:
-            for slice_file in sorted((ROOT / "gin" / "slices").glob(f"{model}.*.gin")):
-                topology = slice_file.name[len(model) + 1:-len(".gin")]
-                for variant in variants(model):
-                    started = time.perf_counter()
-                    code, report, stderr = compile_one(slice_file, topology, variant, Path(tmp) / "report.json")
-                    label = f"{model} {topology} " + " ".join(f"{k} {v}" for k, v in variant.items())
-                    if report is None:
-                        print(f"{label}: FAILED (exit {code})\n{stderr}", file=sys.stderr, flush=True)
-                        rows.append((model, topology, variant, None))
-                        continue
-                    print(f"{label}: {report['per_chip_bytes']['total'] / GIB:.1f} GiB per chip, "
-                          f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-                    rows.append((model, topology, variant, report))
-                    reports.append({"model": model, "slice": topology, **variant, "report": report})
+    plan = [(model, slice_file, slice_file.name[len(model) + 1:-len(".gin")], variant)
+            for model in args.only or MODELS
+            for slice_file in sorted((ROOT / "gin" / "slices").glob(f"{model}.*.gin"))
+            for variant in variants(model, slice_file.name[len(model) + 1:-len(".gin")])]
+
+    def run(item):
+        model, slice_file, topology, variant = item
+        label = f"{model} {topology} " + " ".join(f"{k} {v}" for k, v in variant.items())
+        cached = args.cache / (label.replace(" ", "_") + ".json") if args.cache else None
+        if cached and cached.exists():
+            return model, topology, variant, json.loads(cached.read_text())
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            code, report, stderr = compile_one(slice_file, topology, variant, Path(tmp) / "report.json")
+        if report is None:
+            print(f"{label}: FAILED (exit {code})\n{stderr}", file=sys.stderr, flush=True)
+        else:
+            print(f"{label}: {report['per_chip_bytes']['total'] / GIB:.1f} GiB per chip, compiled in "
+                  f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+            if cached:
+                cached.write_text(json.dumps(report))
+        return model, topology, variant, report
+
+    if args.cache:
+        args.cache.mkdir(parents=True, exist_ok=True)
+    # Each compile is mostly one thread: --jobs 2 keeps both cores of this machine busy.
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(run, plan))
+    reports = [{"model": m, "slice": t, **v, "report": r} for m, t, v, r in rows if r is not None]
     print("\n| model | slice (chips) | mesh | remat | attention | MoE | per-chip GiB | of GiB | headroom "
           "| XLA / model FLOPs | estimated step s | estimated MFU |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -83,8 +103,9 @@ def main():
                  if report["xla_flops_per_step"] else "n/a")
         step = f"{report['estimated_step_s']:.2f}" if report["estimated_step_s"] else "n/a"
         mfu = f"{100 * report['estimated_mfu']:.0f}%" if report["estimated_mfu"] else "n/a"
+        attention = settings.get("attention_kernel", settings["attention_impl"])
         print(f"| {model} | {topology} ({report['chips']}) | {mesh} | {settings['remat']} | "
-              f"{settings['attention_impl']} | {moe} | {report['per_chip_bytes']['total'] / GIB:.1f} | "
+              f"{attention} | {moe} | {report['per_chip_bytes']['total'] / GIB:.1f} | "
               f"{report['hbm_bytes'] / GIB:.1f} | {100 * report['headroom']:.0f}% | {ratio} | {step} | {mfu} |")
     print("\nper-chip GiB: XLA's memory analysis of the compiled step (arguments + outputs - aliased + temporaries "
           "+ code); estimated step s and MFU: XLA's cost model (an estimate); mesh: d data, f fsdp, e experts, "
