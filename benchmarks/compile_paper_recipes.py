@@ -32,12 +32,15 @@ GIB = 1 << 30
 
 def variants(model: str, topology: str):
     """The slice file as it is (attention auto: splash on TPU); on the v5p slice also
-    with XLA's attention, and DeepSeek-V2-Lite with the dense MoE reference."""
+    with XLA's attention, DeepSeek-V2-Lite with the dense MoE reference, and Gemma 2
+    (vocabulary 256,000) with the whole-sequence loss instead of the chunked one."""
     yield {"attention": "auto"}
     if topology.startswith("v5p"):
         yield {"attention": "xla"}
         if model == "deepseek_v2_lite":
             yield {"attention": "auto", "moe": "dense"}
+        if model == "gemma2_27b":
+            yield {"attention": "auto", "loss_chunk": 0}
 
 
 def compile_one(slice_file: Path, topology: str, variant: dict, out: Path) -> tuple[int, dict | None, str]:
@@ -46,6 +49,8 @@ def compile_one(slice_file: Path, topology: str, variant: dict, out: Path) -> tu
                "--compile_only", "--topology", topology, "--json", str(out)]
     if "moe" in variant:
         command.append(f"--gin.train.moe_impl='{variant['moe']}'")
+    if "loss_chunk" in variant:
+        command.append(f"--gin.train.loss_chunk_length={variant['loss_chunk']}")
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     report = json.loads(out.read_text()) if done.returncode in (0, 3) and out.exists() else None
     return done.returncode, report, done.stderr[-2000:]
@@ -88,12 +93,12 @@ def main():
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(run, plan))
     reports = [{"model": m, "slice": t, **v, "report": r} for m, t, v, r in rows if r is not None]
-    print("\n| model | slice (chips) | mesh | remat | attention | MoE | per-chip GiB | of GiB | headroom "
+    print("\n| model | slice (chips) | mesh | remat | attention | MoE | loss chunk | per-chip GiB | of GiB | headroom "
           "| XLA / model FLOPs | estimated step s | estimated MFU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for model, topology, variant, report in rows:
         if report is None:
-            print(f"| {model} | {topology} | | | {variant['attention']} | {variant.get('moe', '')} | failed |"
+            print(f"| {model} | {topology} | | | {variant['attention']} | {variant.get('moe', '')} | | failed |"
                   " | | | | |")
             continue
         mesh = " ".join(f"{axis[0]}{size}" for axis, size in report["mesh"].items() if size > 1) or "1"
@@ -105,7 +110,8 @@ def main():
         mfu = f"{100 * report['estimated_mfu']:.0f}%" if report["estimated_mfu"] else "n/a"
         attention = settings.get("attention_kernel", settings["attention_impl"])
         print(f"| {model} | {topology} ({report['chips']}) | {mesh} | {settings['remat']} | "
-              f"{attention} | {moe} | {report['per_chip_bytes']['total'] / GIB:.1f} | "
+              f"{attention} | {moe} | {settings['loss_chunk_length'] or 'whole'} | "
+              f"{report['per_chip_bytes']['total'] / GIB:.1f} | "
               f"{report['hbm_bytes'] / GIB:.1f} | {100 * report['headroom']:.0f}% | {ratio} | {step} | {mfu} |")
     print("\nper-chip GiB: XLA's memory analysis of the compiled step (arguments + outputs - aliased + temporaries "
           "+ code); estimated step s and MFU: XLA's cost model (an estimate); mesh: d data, f fsdp, e experts, "
