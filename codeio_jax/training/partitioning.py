@@ -61,6 +61,9 @@ class MeshConfig:
         bad = [f"{name}={size}" for name, size in named.items() if size == 0 or size < -1]
         if bad:
             raise ValueError(f"mesh axes must be positive or -1, got {', '.join(bad)}")
+        for name, size in named.items():
+            if size != -1 and device_count % size:
+                raise ValueError(f"mesh axis {name} = {size} does not divide the {device_count} devices")
         fixed = math.prod(size for size in named.values() if size != -1)
         if free:
             if device_count % fixed:
