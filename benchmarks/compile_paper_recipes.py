@@ -68,6 +68,9 @@ def main():
             for model in args.only or MODELS
             for slice_file in sorted((ROOT / "gin" / "slices").glob(f"{model}.*.gin"))
             for variant in variants(model, slice_file.name[len(model) + 1:-len(".gin")])]
+    # Every slice file as launched first, the comparison variants after: a run cut short still says
+    # whether each recipe fits.
+    plan.sort(key=lambda item: item[3] != {"attention": "auto"})
 
     def run(item):
         model, slice_file, topology, variant = item
@@ -92,6 +95,8 @@ def main():
     # Each compile is mostly one thread: --jobs 2 keeps both cores of this machine busy.
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(run, plan))
+    order = {model: i for i, model in enumerate(MODELS)}
+    rows.sort(key=lambda row: (order[row[0]], row[1], row[2] != {"attention": "auto"}))
     reports = [{"model": m, "slice": t, **v, "report": r} for m, t, v, r in rows if r is not None]
     print("\n| model | slice (chips) | mesh | remat | attention | MoE | loss chunk | per-chip GiB | of GiB | headroom "
           "| XLA / model FLOPs | estimated step s | estimated MFU |")
