@@ -1,5 +1,6 @@
-"""Dropless MoE (tokens sorted by expert, jax.lax.ragged_dot) against the dense
-reference (every expert on every token), same model, same batch, same run.
+"""Dropless MoE (tokens sorted by expert, grouped matmuls: jax.lax.ragged_dot off
+TPU, megablox's gmm and tgmm on TPU) against the dense reference (every expert
+on every token), same model, same batch, same run.
 
 Timed: the jitted training step (codeio_jax/training/step.py, AdamW, float32)
 on one device for the tiny DeepSeek preset and for a bigger MoE shape where
@@ -10,14 +11,17 @@ step) against the model's count, `flops_per_token(config, length) * tokens`
 (active experts only), for those shapes and for DeepSeek-V2-Lite's real shape
 with fewer layers and a short sequence, compiled only: for this machine's
 backend, and for one TPU v5p chip (95 GB: the float32 state fits) through
-libtpu on this host (no TPU needed), where ragged_dot is a native grouped
-matmul. XLA:CPU has none: there jax lowers ragged_dot to a masked product with
-every expert, so on CPU dropless counts (and costs) more than dense.
+libtpu on this host (no TPU needed), where the dropless path runs megablox's
+kernels, grouped in the backward pass too, and each kernel reports its flops to
+XLA. XLA:CPU has no grouped matmul: there jax lowers ragged_dot to a masked
+product with every expert, so on CPU dropless counts (and costs) more than
+dense.
 
 Run: .venv/bin/python benchmarks/moe_step.py [--steps 5] [--lite-layers 3] [--lite-length 256] [--no-tpu]
 """
 
 import argparse
+import contextlib
 import functools
 import statistics
 import sys
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,13 +58,22 @@ def step_fn(config):
 
 
 def xla_flops(config, batch, length, device=None):
-    """XLA's flop count of one compiled step over abstract arrays (nothing allocated)."""
+    """XLA's flop count of one compiled step over abstract arrays (nothing allocated).
+    For a device (the TPU chip), the step is compiled under a one-device mesh of
+    it, as the trainer compiles under its mesh: the model's kernels are chosen
+    by the mesh's platform (megablox for the dropless experts on TPU)."""
     step, tx = step_fn(config)
-    placed = {} if device is None else {"sharding": jax.sharding.SingleDeviceSharding(device)}
+    if device is None:
+        placed, mesh = {}, contextlib.nullcontext()
+    else:
+        placed = {"sharding": jax.sharding.SingleDeviceSharding(device)}
+        mesh = jax.set_mesh(jax.sharding.Mesh(np.array([device]), ("data",),
+                                              axis_types=(jax.sharding.AxisType.Auto,)))
     state = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, **placed),
                                    jax.eval_shape(functools.partial(init_state, config, tx, 0)))
     inputs = {key: jax.ShapeDtypeStruct((batch, length), jnp.int32, **placed) for key in BATCH_KEYS}
-    return step.lower(state, inputs).compile().cost_analysis()["flops"]
+    with mesh:
+        return step.lower(state, inputs).compile().cost_analysis()["flops"]
 
 
 def time_both(config, batch, length, steps):
@@ -130,7 +144,8 @@ def main():
           + ", ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios))
 
     layers, tokens = args.lite_layers, args.lite_length
-    lite = preset("deepseek_v2_lite").replace(num_layers=layers, dtype="float32")
+    # xla attention on both backends, so that only the MoE layers' kernels differ between them.
+    lite = preset("deepseek_v2_lite").replace(num_layers=layers, dtype="float32", attention_impl="xla")
     one_less = lite.replace(num_layers=layers - 1)
     model = flops_per_token(lite, tokens) * tokens
     model_layer = model - flops_per_token(one_less, tokens) * tokens

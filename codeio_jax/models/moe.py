@@ -8,10 +8,13 @@ down) and carry the logical name "experts". Two implementations of the routed
 experts, chosen by `ModelConfig.moe_impl`, share those parameters:
 
 dropless (default)
-    The (token, chosen expert) pairs sorted by expert; one `jax.lax.ragged_dot`
-    per projection over the sorted rows (the group sizes say which rows go to
-    which expert); each row scaled by its routing weight and added back into its
-    token. No token is dropped, whatever the routing.
+    The (token, chosen expert) pairs sorted by expert; one grouped matmul per
+    projection over the sorted rows (the group sizes say which rows go to which
+    expert); each row scaled by its routing weight and added back into its
+    token. No token is dropped, whatever the routing. The grouped matmul
+    (grouped_matmul.py) is Pallas' megablox on TPU, forward and backward
+    (`GroupedMatmulSettings.interpret` runs it anywhere, for tests), and
+    `jax.lax.ragged_dot` elsewhere.
 dense
     Every expert on every token, the routing weights zero off the top-k: the
     exact reference, num_experts / experts_per_token times the FLOPs.
@@ -31,14 +34,19 @@ Limits, plainly:
 - XLA:CPU has no ragged dot: jax lowers `ragged_dot` there to a dot against
   every expert with the rows of the others masked, so on CPU the dropless path
   costs num_experts times its active FLOPs (experts_per_token times the dense
-  path's). It is exact there (the tests compare it with dense) but only TPU and
-  GPU, where ragged_dot is a native grouped matmul, give it its speed; for CPU
-  runs of any size, moe_impl="dense" is the faster choice.
-- Gradients: ragged_dot's transpose for the weights is a ragged-*contracting*
-  dot, which XLA (libtpu 0.0.42 included) lowers to a masked dense product over
-  every expert. The forward and the input gradient count only active FLOPs; the
-  weight gradient counts num_experts times them. A grouped-transpose kernel
-  (megablox's tgmm) is what removes that.
+  path's). It is exact there (the tests compare it with dense); for CPU runs
+  of any size, moe_impl="dense" is the faster choice.
+- Off TPU, gradients go through ragged_dot's transpose, whose weight gradient
+  is a ragged-*contracting* dot that XLA lowers to a masked dense product over
+  every expert (num_experts times the active FLOPs; GPU not measured). On TPU
+  megablox's tgmm computes it grouped: XLA counts DeepSeek-V2-Lite's MoE layer
+  step at its active FLOPs.
+- megablox's shapes: the sorted rows are padded to a multiple of 128 (up to
+  127 rows beyond the worst case below); hidden_size and expert_intermediate_size must be
+  multiples of 128 or at most GroupedMatmulSettings.tile (grouped_matmul.py
+  says what it takes and raises otherwise). Under expert parallelism the
+  kernels' flop count, taken from their buffer size, is the worst-case
+  buffer's, though only the rows of the device's own experts are computed.
 - Dropless with static shapes means worst-case buffers: with ep devices on the
   experts axes and n tokens per device, each device sorts the k x ep x n pairs
   of its group and keeps ep x n x min(k, num_experts / ep) rows, the most that
@@ -49,8 +57,8 @@ Limits, plainly:
   (k / ep of the gather: less once ep > k), but XLA:CPU has no
   ragged-all-to-all, so it could not be tested here.
 - `num_experts` must divide by the size of the experts axes. Under the remat
-  policies "dots" and "dots_with_no_batch_dims" the ragged_dot outputs are
-  recomputed (they save dot_general outputs only).
+  policies "dots" and "dots_with_no_batch_dims" the grouped matmuls' outputs
+  are recomputed (they save dot_general outputs only).
 - Greedy top-k routing only (V2-Lite); V2's group-limited routing is refused by
   `from_hf_config`.
 """
@@ -65,6 +73,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from codeio_jax.models.config import ModelConfig
+from codeio_jax.models.grouped_matmul import GroupedMatmulSettings, grouped_matmul, padded_rows
 from codeio_jax.models.layers import MLP, dense_init
 
 Array = jax.Array
@@ -113,22 +122,28 @@ def _grouped_experts(cfg: ModelConfig, x: Array, weights: Array, chosen: Array, 
     weights and chosen [n, k]."""
     n, k = chosen.shape
     local_experts = gate.shape[0]
+    settings = GroupedMatmulSettings()
     local = chosen.reshape(-1) - first_expert
     mine = (local >= 0) & (local < local_experts)
     # The pairs for other devices' experts sort last, under one extra key, and
     # are cut off: at most min(k, local_experts) of a token's k pairs can be ours.
+    # The grouped matmul may want a few more rows (alignment): they repeat pair 0,
+    # past the groups, like the other devices' pairs.
     key = jnp.where(mine, local, local_experts)
-    order = jnp.argsort(key, stable=True)[:n * min(k, local_experts)]
+    rows = n * min(k, local_experts)
+    order = jnp.argsort(key, stable=True)[:rows]
+    order = jnp.pad(order, (0, padded_rows(rows, settings) - rows))
     group_sizes = jnp.bincount(key, length=local_experts + 1)[:local_experts].astype(jnp.int32)
     token = order // k
-    rows = x[token]
-    g = jax.lax.ragged_dot(rows, gate, group_sizes, preferred_element_type=jnp.float32)
-    u = jax.lax.ragged_dot(rows, up, group_sizes, preferred_element_type=jnp.float32)
+    sorted_x = x[token]
+    g = grouped_matmul(sorted_x, gate, group_sizes, settings)
+    u = grouped_matmul(sorted_x, up, group_sizes, settings)
     hidden = (_act(cfg, g) * u).astype(x.dtype)
-    y = jax.lax.ragged_dot(hidden, down, group_sizes, preferred_element_type=jnp.float32)
-    # Rows past the last group hold other experts' pairs (or none): kept out by where,
-    # not by a zero weight, as what a grouped matmul leaves there is unspecified.
-    y = jnp.where(mine[order][:, None], y * weights.reshape(-1)[order][:, None].astype(jnp.float32), 0.0)
+    y = grouped_matmul(hidden, down, group_sizes, settings)
+    # Rows past the last group hold other experts' pairs (or padding): kept out by
+    # where, not by a zero weight, as what ragged_dot leaves there is unspecified.
+    in_groups = (jnp.arange(len(order)) < group_sizes.sum())[:, None]
+    y = jnp.where(in_groups, y * weights.reshape(-1)[order][:, None].astype(jnp.float32), 0.0)
     return jnp.zeros((n, x.shape[-1]), jnp.float32).at[token].add(y)
 
 
@@ -179,10 +194,12 @@ def _expert_parallel(cfg: ModelConfig, x: Array, weights: Array, chosen: Array, 
             out = jax.lax.psum(out, summed)
         return out.reshape(shape)
 
+    # Unchecked: Pallas kernels (megablox) cannot say how their outputs vary over the
+    # mesh axes; the specs above and the collectives in `local` say it instead.
     return jax.shard_map(
         local, in_specs=(token_spec, routing_spec, routing_spec, PartitionSpec(experts, None, mlp),
                          PartitionSpec(experts, None, mlp), PartitionSpec(experts, mlp, None)),
-        out_specs=token_spec)(x, weights, chosen, gate, up, down)
+        out_specs=token_spec, check_vma=False)(x, weights, chosen, gate, up, down)
 
 
 class MoE(nn.Module):

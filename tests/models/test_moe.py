@@ -1,15 +1,21 @@
-"""The dropless MoE (tokens sorted by expert, jax.lax.ragged_dot) against the
-dense reference: logits and every gradient, uneven routing, bfloat16; and
-expert parallelism on 8 CPU devices: the single-device losses, with the expert
-weights split over the experts axis."""
+"""The dropless MoE (tokens sorted by expert, grouped matmuls) against the dense
+reference: logits and every gradient, uneven routing, bfloat16; its grouped
+matmul both ways (jax.lax.ragged_dot, and megablox in Pallas' interpret mode)
+alike; expert parallelism on 8 CPU devices: the single-device losses, with the
+expert weights split over the experts axis, and megablox's results; and
+DeepSeek-V2-Lite's MoE layer compiled for a TPU v5p chip: megablox's kernels,
+and XLA's flops at the active experts' count."""
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,10 +23,23 @@ import pytest
 
 from codeio_jax.models.config import from_hf_config
 from codeio_jax.models.decoder import Decoder, init_params
+from codeio_jax.models.grouped_matmul import GroupedMatmulSettings, UnsupportedGroupedMatmul, grouped_matmul
 from codeio_jax.models.moe import MoE
 from codeio_jax.models.presets import preset
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def megablox_interpret():
+    """The dropless path's grouped matmuls on megablox's kernels in interpret
+    mode, as gin binds it."""
+    with gin.unlock_config():
+        gin.bind_parameter("GroupedMatmulSettings.interpret", True)
+    try:
+        yield
+    finally:
+        gin.clear_config()
 
 
 def logits_and_grads(config, params, tokens):
@@ -44,15 +63,17 @@ def assert_close(actual, expected, what, tolerance=1e-5):
     assert np.abs(actual - expected).max() <= tolerance * scale, (what, np.abs(actual - expected).max(), scale)
 
 
+def assert_trees_close(actual, expected, what=""):
+    """Every array of two pytrees of one structure (outputs and gradients) close."""
+    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected), what
+    jax.tree_util.tree_map_with_path(
+        lambda path, a, b: assert_close(a, b, what + jax.tree_util.keystr(path)), actual, expected)
+
+
 def assert_dropless_equals_dense(config, params, tokens):
     dense = logits_and_grads(config.replace(moe_impl="dense"), params, tokens)
     dropless = logits_and_grads(config.replace(moe_impl="dropless"), params, tokens)
-    assert_close(dropless[0], dense[0], "logits")
-    flat_dense = dict(jax.tree_util.tree_flatten_with_path(dense[1])[0])
-    flat_dropless = dict(jax.tree_util.tree_flatten_with_path(dropless[1])[0])
-    assert flat_dense.keys() == flat_dropless.keys()
-    for path, grad in flat_dense.items():
-        assert_close(flat_dropless[path], grad, jax.tree_util.keystr(path))
+    assert_trees_close(dropless, dense)
 
 
 def tiny_params(config, seed=0):
@@ -93,22 +114,69 @@ def moe_output_and_grads(config, params, x):
     return out, grads
 
 
-def test_uneven_routing_every_token_on_the_same_experts():
+def uneven_routing_case():
     """Identical tokens choose the same top-k: two experts take every token, the
     other six none."""
     config = preset("tiny_deepseek_v2")
     x = jnp.broadcast_to(jax.random.normal(jax.random.PRNGKey(3), (config.hidden_size,)), (2, 9, config.hidden_size))
     params = nn.meta.unbox(MoE(config).init(jax.random.PRNGKey(4), x)["params"])
-    chosen = jax.lax.top_k(x @ params["gate"]["kernel"], config.moe.experts_per_token)[1]
-    assert len(np.unique(np.asarray(chosen))) == config.moe.experts_per_token
+    chosen = np.unique(np.asarray(jax.lax.top_k(x @ params["gate"]["kernel"], config.moe.experts_per_token)[1]))
+    assert len(chosen) == config.moe.experts_per_token
+    return config, params, x, chosen
+
+
+def test_uneven_routing_every_token_on_the_same_experts():
+    config, params, x, chosen = uneven_routing_case()
     dense = moe_output_and_grads(config.replace(moe_impl="dense"), params, x)
     dropless = moe_output_and_grads(config, params, x)
-    jax.tree_util.tree_map_with_path(lambda path, a, b: assert_close(a, b, jax.tree_util.keystr(path)),
-                                     dropless, dense)
+    assert_trees_close(dropless, dense)
     # The experts nobody chose get no gradient; the chosen ones do.
-    unused = np.setdiff1d(np.arange(config.moe.num_experts), np.asarray(chosen))
+    unused = np.setdiff1d(np.arange(config.moe.num_experts), chosen)
     gate_grad = np.asarray(dropless[1][0]["experts"]["gate_proj"])
-    assert np.all(gate_grad[unused] == 0) and np.any(gate_grad[np.unique(np.asarray(chosen))] != 0)
+    assert np.all(gate_grad[unused] == 0) and np.any(gate_grad[chosen] != 0)
+
+
+def uses_megablox(config, params, tokens) -> bool:
+    """Whether the model's forward and backward run Pallas kernels (megablox's)."""
+    jaxpr = jax.make_jaxpr(jax.grad(lambda p: Decoder(config).apply({"params": p}, tokens)[0].sum()))(params)
+    return "pallas_call" in str(jaxpr)
+
+
+def test_megablox_equals_ragged_dot_and_dense_on_the_tiny_preset():
+    config = preset("tiny_deepseek_v2")
+    params = tiny_params(config)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, config.vocab_size)
+    dense = logits_and_grads(config.replace(moe_impl="dense"), params, tokens)
+    ragged = logits_and_grads(config, params, tokens)
+    assert not uses_megablox(config, params, tokens)
+    with megablox_interpret():
+        assert uses_megablox(config, params, tokens)
+        megablox = logits_and_grads(config, params, tokens)
+    assert_trees_close(megablox, ragged, "against ragged_dot ")
+    assert_trees_close(megablox, dense, "against dense ")
+
+
+def test_megablox_equals_ragged_dot_and_dense_on_uneven_routing():
+    config, params, x, chosen = uneven_routing_case()
+    dense = moe_output_and_grads(config.replace(moe_impl="dense"), params, x)
+    ragged = moe_output_and_grads(config, params, x)
+    with megablox_interpret():
+        megablox = moe_output_and_grads(config, params, x)
+    assert_trees_close(megablox, ragged, "against ragged_dot ")
+    assert_trees_close(megablox, dense, "against dense ")
+    unused = np.setdiff1d(np.arange(config.moe.num_experts), chosen)
+    assert np.all(np.asarray(megablox[1][0]["experts"]["down_proj"])[unused] == 0)
+
+
+def test_megablox_refuses_what_it_cannot_tile():
+    settings = GroupedMatmulSettings(tile=128, interpret=True)
+    weights = jnp.zeros((2, 200, 128))
+    with pytest.raises(UnsupportedGroupedMatmul, match=r"k dimension \(200\).*pad it to 256"):
+        grouped_matmul(jnp.zeros((128, 200)), weights, jnp.array([64, 64], jnp.int32), settings)
+    with pytest.raises(UnsupportedGroupedMatmul, match="multiple of 128, got 100"):
+        grouped_matmul(jnp.zeros((100, 128)), jnp.zeros((2, 128, 128)), jnp.array([50, 50], jnp.int32), settings)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        GroupedMatmulSettings(tile=96)
 
 
 def test_bfloat16_runs_and_stays_near_float32():
@@ -204,3 +272,109 @@ def test_expert_parallel_layouts_give_the_single_device_losses(tmp_path):
         for path, axis, shard in leaves:
             assert (axis, shard) == ("experts", experts_per_device), (name, path)
     assert result["gathers"] == []
+
+
+EXPERT_PARALLEL_MEGABLOX = """
+import json, sys
+sys.path.insert(0, {repo!r})
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from codeio_jax.models.moe import MoE
+from codeio_jax.models.presets import preset
+from codeio_jax.training.partitioning import DEFAULT_RULES
+from tests.models.test_moe import moe_output_and_grads
+
+assert jax.device_count() == 8, jax.devices()
+config = preset("tiny_deepseek_v2")
+x = jax.random.normal(jax.random.PRNGKey(3), (8, 6, config.hidden_size))
+params = nn.meta.unbox(MoE(config).init(jax.random.PRNGKey(4), x)["params"])
+dense = moe_output_and_grads(config.replace(moe_impl="dense"), params, x)
+gin.bind_parameter("GroupedMatmulSettings.interpret", True)
+result = {{}}
+for name, shape in {{"data+experts": (2, 1, 4, 1), "fsdp+experts+tensor": (1, 2, 2, 2)}}.items():
+    mesh = jax.make_mesh(shape, ("data", "fsdp", "experts", "tensor"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 4)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        pallas = "pallas_call" in str(jax.make_jaxpr(lambda p: MoE(config).apply({{"params": p}}, x))(params))
+        megablox = moe_output_and_grads(config, params, x)
+    errors = jax.tree_util.tree_map(
+        lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max()),
+        megablox, dense)
+    result[name] = {{"pallas": pallas, "worst": max(jax.tree_util.tree_leaves(errors))}}
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.timeout(600)
+def test_megablox_under_expert_parallelism_equals_dense():
+    """8 CPU devices, the experts split 4 and 2 ways (with fsdp and tensor):
+    megablox (interpret mode) on each device's own experts gives the dense
+    reference's output and gradients."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", EXPERT_PARALLEL_MEGABLOX.format(repo=str(REPO))],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result) == {"data+experts", "fsdp+experts+tensor"}
+    for name, layout in result.items():
+        assert layout["pallas"], name
+        assert layout["worst"] <= 1e-5, (name, layout["worst"])
+
+
+def compiled_moe_step(config, mesh, tokens):
+    """The MoE layer's forward and backward (input and weight gradients)
+    compiled for `mesh`, `tokens` per device (one row each) and the experts
+    split over its experts axis: HLO text and XLA's flops."""
+    from codeio_jax.training.partitioning import DEFAULT_RULES
+
+    x = jax.ShapeDtypeStruct((mesh.devices.size, tokens, config.hidden_size), jnp.float32)
+    boxed = jax.eval_shape(lambda: MoE(config).init(jax.random.PRNGKey(0), jnp.zeros(x.shape))["params"])
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, DEFAULT_RULES)
+    params = jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                          nn.meta.unbox(boxed), shardings)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        grad = jax.grad(lambda p, x: MoE(config).apply({"params": p}, x).sum(), argnums=(0, 1))
+        compiled = jax.jit(grad).lower(params, x).compile()
+    return compiled.as_text(), compiled.cost_analysis()["flops"]
+
+
+def megablox_kernels(hlo: str) -> dict[str, int]:
+    """How many of megablox's gmm and tgmm kernels (TPU custom calls) the HLO runs."""
+    names = re.findall(r"%(t?gmm)[.\w]* = .*custom_call_target=\"tpu_custom_call\"", hlo)
+    return {kernel: names.count(kernel) for kernel in ("gmm", "tgmm")}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_megablox_compiles_for_tpu_v5p_and_xla_counts_the_active_experts():
+    """Compiled for TPU v5p (libtpu on this host): the tiny preset's MoE layer
+    and DeepSeek-V2-Lite's on one chip run 3 gmm kernels forward, 3 gmm (input
+    gradients) and 3 tgmm (weight gradients) backward, and for V2-Lite XLA
+    counts within 1.3x of the active experts' FLOPs (routed top-6, 2 shared,
+    router); with the experts over 4 chips it still runs the kernels."""
+    pytest.importorskip("libtpu")
+    from jax.experimental import topologies
+
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    devices = np.asarray(topologies.get_topology_desc(platform="tpu", topology_name="v5p:2x2x1").devices)
+    axes = ("data", "fsdp", "experts", "tensor")
+    one_chip = jax.sharding.Mesh(devices[:1].reshape(1, 1, 1, 1), axes)
+    grouped = {"gmm": 6, "tgmm": 3}
+
+    assert megablox_kernels(compiled_moe_step(preset("tiny_deepseek_v2"), one_chip, 128)[0]) == grouped
+
+    lite, tokens = preset("deepseek_v2_lite"), 256
+    hlo, flops = compiled_moe_step(lite, one_chip, tokens)
+    assert megablox_kernels(hlo) == grouped
+    moe, hidden = lite.moe, lite.hidden_size
+    experts_per_token = moe.experts_per_token + moe.num_shared_experts
+    active = 6 * tokens * (3 * hidden * moe.expert_intermediate_size * experts_per_token + hidden * moe.num_experts)
+    assert flops <= 1.3 * active, flops / active
+    assert flops >= 0.9 * active, flops / active  # the kernels do report their work
+
+    four_chips = jax.sharding.Mesh(devices.reshape(1, 1, 4, 1), axes)
+    assert megablox_kernels(compiled_moe_step(lite, four_chips, tokens)[0]) == grouped
