@@ -39,8 +39,8 @@ Limits, plainly:
 - Off TPU, gradients go through ragged_dot's transpose, whose weight gradient
   is a ragged-*contracting* dot that XLA lowers to a masked dense product over
   every expert (num_experts times the active FLOPs; GPU not measured). On TPU
-  megablox's tgmm computes it grouped: XLA counts DeepSeek-V2-Lite's MoE layer
-  step at its active FLOPs.
+  megablox's tgmm computes it grouped: for DeepSeek-V2-Lite's MoE layer on one
+  v5p chip XLA counts 1.08x the active FLOPs (benchmarks/moe_step.py).
 - megablox's shapes: the sorted rows are padded to a multiple of 128 (up to
   127 rows beyond the worst case below); hidden_size and expert_intermediate_size must be
   multiples of 128 or at most GroupedMatmulSettings.tile (grouped_matmul.py
