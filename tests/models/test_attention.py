@@ -4,11 +4,8 @@ gradients, one device and sharded over a CPU mesh), splash compiled for a TPU
 v5p slice on this host, the choice `auto` makes, and the errors for what
 cannot run."""
 
-import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from codeio_jax.models.attention import SplashSettings, UnsupportedAttention, se
 from codeio_jax.models.config import MLAConfig
 from codeio_jax.models.decoder import Decoder, init_params, logical_axes
 from codeio_jax.models.presets import preset
+from tests.fake_devices import run_on_cpu_devices
 
 REPO = Path(__file__).resolve().parents[2]
 INTERPRET = SplashSettings(block_size=128, interpret=True)
@@ -293,11 +291,7 @@ print(json.dumps(errors))
 
 
 def test_splash_sharded_over_a_mesh_matches_xla_on_one_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", SHARDED.format(repo=str(REPO))], capture_output=True, text=True,
-                          env=env, timeout=600, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    errors = run_on_cpu_devices(SHARDED.format(repo=str(REPO)), 4)
     assert len(errors) == 2
     for name, (loss_error, grad_error) in errors.items():
         assert loss_error <= TOLERANCE and grad_error <= TOLERANCE, (name, loss_error, grad_error)

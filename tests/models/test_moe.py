@@ -7,11 +7,8 @@ DeepSeek-V2-Lite's MoE layer compiled for a TPU v5p chip: megablox's kernels,
 and XLA's flops at the active experts' count."""
 
 import contextlib
-import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -26,6 +23,7 @@ from codeio_jax.models.decoder import Decoder, init_params
 from codeio_jax.models.grouped_matmul import GroupedMatmulSettings, UnsupportedGroupedMatmul, grouped_matmul
 from codeio_jax.models.moe import MoE
 from codeio_jax.models.presets import preset
+from tests.fake_devices import run_on_cpu_devices
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -256,11 +254,7 @@ print(json.dumps(result))
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_expert_parallel_layouts_give_the_single_device_losses(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", EXPERT_PARALLEL.format(repo=str(REPO), tmp=str(tmp_path))],
-                          capture_output=True, text=True, env=env, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_on_cpu_devices(EXPERT_PARALLEL.format(repo=str(REPO), tmp=str(tmp_path)), 8, timeout=1200)
     losses = result["losses"]
     single = losses.pop("single")
     assert len(single) == 4 and len(set(single)) == 4  # the updates change the loss
@@ -312,11 +306,7 @@ def test_megablox_under_expert_parallelism_equals_dense():
     """8 CPU devices, the experts split 4 and 2 ways (with fsdp and tensor):
     megablox (interpret mode) on each device's own experts gives the dense
     reference's output and gradients."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", EXPERT_PARALLEL_MEGABLOX.format(repo=str(REPO))],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_on_cpu_devices(EXPERT_PARALLEL_MEGABLOX.format(repo=str(REPO)), 8)
     assert set(result) == {"data+experts", "fsdp+experts+tensor"}
     for name, layout in result.items():
         assert layout["pallas"], name

@@ -2,7 +2,6 @@
 resume gives the uninterrupted losses bit for bit, gin errors are clear."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.fake_devices import run_on_cpu_devices
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,11 +47,7 @@ print(json.dumps(losses))
 
 
 def test_fsdp_and_tensor_parallel_layouts_give_the_single_device_numbers(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", LAYOUTS.format(repo=str(REPO), tmp=str(tmp_path))],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    losses = json.loads(done.stdout.strip().splitlines()[-1])
+    losses = run_on_cpu_devices(LAYOUTS.format(repo=str(REPO), tmp=str(tmp_path)), 8)
     single = losses.pop("single")
     assert len(single) == 4 and len(set(single)) == 4  # the updates change the loss
     for name, rows in losses.items():
