@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from codeio_jax.models.config import ModelConfig
-from codeio_jax.models.layers import MLP, Attention, RMSNorm, dense_init
+from codeio_jax.models.layers import MLP, Attention, RMSNorm, Weight, dense_init
 
 Array = jax.Array
 
@@ -99,23 +99,10 @@ class Decoder(nn.Module):
         if cfg.tie_embeddings:
             kernel = embed.embedding.T
         else:
-            kernel = OutputKernel((cfg.hidden_size, cfg.vocab_size), pdtype, name="lm_head")()
+            kernel = Weight((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdtype, name="lm_head")()
         if return_hidden:
             return x, new_cache
         return vocab_logits(cfg, x, kernel), new_cache
-
-
-class OutputKernel(nn.Module):
-    """The untied output projection's kernel [embed, vocab], under the name
-    lm_head/kernel (as flax's Dense kept it), given out bare so that the loss can
-    apply it a chunk of the sequence at a time (training/step.py)."""
-
-    shape: tuple[int, int]
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self) -> Array:
-        return self.param("kernel", dense_init(("embed", "vocab")), self.shape, self.param_dtype)
 
 
 def vocab_logits(config: ModelConfig, hidden: Array, kernel: Array) -> Array:

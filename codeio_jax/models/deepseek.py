@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from codeio_jax.models.config import ModelConfig
 from codeio_jax.models.attention import attention_mask, parameter_free_impl, self_attention, xla_attention
-from codeio_jax.models.layers import Projection, RMSNorm, dense_init, inverse_frequencies, rotary, write_cache
+from codeio_jax.models.layers import Projection, RMSNorm, Weight, inverse_frequencies, rotary, write_cache
 
 Array = jax.Array
 
@@ -52,20 +52,6 @@ HF_RULES: list[tuple[str, str, str]] = [
     (_L + r"mlp\.experts\.(\d+)\.up_proj\.weight", "layers_{0}/mlp/experts/up_proj", "per_expert_transpose"),
     (_L + r"mlp\.experts\.(\d+)\.down_proj\.weight", "layers_{0}/mlp/experts/down_proj", "per_expert_transpose"),
 ]
-
-
-class Weight(nn.Module):
-    """A bare kernel named `kernel`: MLA uses kv_b_proj's weight in two
-    products (expanding the latent, or absorbed into query and output), which
-    a Dense module cannot give out without being called."""
-
-    shape: tuple[int, ...]
-    names: tuple[str, ...]
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self) -> Array:
-        return self.param("kernel", dense_init(self.names), self.shape, self.param_dtype)
 
 
 class MLAttention(nn.Module):

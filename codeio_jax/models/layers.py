@@ -53,6 +53,22 @@ class Projection(nn.Module):
         return y
 
 
+class Weight(nn.Module):
+    """A bare kernel named `kernel`, for a weight used in more than one product
+    or applied by the caller: MLA's kv_b_proj (expanding the latent, or absorbed
+    into query and output) and the output projection (applied a chunk of the
+    sequence at a time by the loss), which a Dense module cannot give out
+    without being called."""
+
+    shape: tuple[int, ...]
+    names: tuple[str, ...]
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self) -> Array:
+        return self.param("kernel", dense_init(self.names), self.shape, self.param_dtype)
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * w, in float32 whatever the compute dtype; Gemma's variant
     keeps w as an offset from one (x / rms(x) * (1 + w)) and casts after the
