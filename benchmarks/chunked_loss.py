@@ -1,25 +1,29 @@
-"""The chunked loss against the whole-sequence loss: peak resident memory and
-tokens/s of a train step on the SmolLM2-135M shape (vocabulary 49,152), CPU.
+"""The chunked loss against the whole-sequence loss on the SmolLM2-135M shape
+(vocabulary 49,152), float32 train step (codeio_jax/training/step.py, AdamW), CPU.
 
-Each configuration runs in a fresh process (peak RSS is a process's high-water
-mark): the jitted step (codeio_jax/training/step.py, float32, AdamW) is
-compiled, then timed over a few steps on synthetic tokens.
-  today:    the whole-sequence loss (loss_chunk_length 0), no remat, batch 2 x 512
-  baseline: the whole-sequence loss, full remat, batch 4 x 1024
-  chunked:  loss_chunk_length 512, full remat, batch 4 x 1024
-The chunked loss is compared with the baseline at the same shape and remat (its
-own effect), and with today's step at a quarter of the tokens.
+Two measurements, each against its baseline in the same run:
+  1. run: peak resident memory and tokens/s of the jitted step, each configuration
+     in a fresh process (peak RSS is a process's high-water mark), at batch 2 x 512
+     without remat: loss_chunk_length 0 (the [batch, length, vocab] logits at once)
+     against 512;
+  2. compiled only: XLA's memory analysis of the same step (per-device total: what
+     the compiled program allocates) at 2 x 512 and at 4 x 1024 with full remat,
+     both losses; shapes this machine cannot run are still compiled.
 
-Run: .venv/bin/python benchmarks/chunked_loss.py [--steps 3]
+Run: .venv/bin/python benchmarks/chunked_loss.py [--steps 2]
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+GIB = 1 << 30
+# The compiled-only part runs in this process, on the CPU (and without libtpu's host probe).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 CHILD = r"""
 import functools, json, resource, sys, time
@@ -31,10 +35,9 @@ from codeio_jax.training.input import SyntheticInput
 from codeio_jax.training.optimizer import OptimizerConfig, make_optimizer
 from codeio_jax.training.step import init_state, train_step
 
-config = preset("smollm2_135m")
+config = preset("smollm2_135m").replace(remat={remat!r})
 tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=0), 100)
 state = init_state(config, tx, 0)
-config = config.replace(remat={remat!r})
 step = jax.jit(functools.partial(train_step, model=Decoder(config), optimizer=tx, schedule=schedule,
                                  loss_chunk_length={chunk}), donate_argnums=0)
 data = SyntheticInput(config.vocab_size, {length}, {batch})
@@ -56,7 +59,7 @@ print(json.dumps({{"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 def run(chunk, remat, batch, length, steps):
     code = CHILD.format(root=str(ROOT), chunk=chunk, remat=remat, batch=batch, length=length, steps=steps)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+                          env={"JAX_PLATFORMS": "cpu", "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     if done.returncode:
         raise SystemExit(f"chunk {chunk} remat {remat} batch {batch} x {length} failed (exit {done.returncode}):\n"
                          f"{done.stderr[-3000:]}")
@@ -65,33 +68,46 @@ def run(chunk, remat, batch, length, steps):
     return row
 
 
-CASES = (("today", 0, "none", 2, 512), ("baseline", 0, "full", 4, 1024), ("chunked", 512, "full", 4, 1024))
+def compiled_total(chunk, remat, batch, length) -> int:
+    """XLA's per-device total for the step (codeio_jax/training/compile_check.py on one CPU device)."""
+    sys.path.insert(0, str(ROOT))
+    from codeio_jax.models.presets import preset
+    from codeio_jax.training import hardware
+    from codeio_jax.training.compile_check import compile_for
+    from codeio_jax.training.optimizer import OptimizerConfig
+    from codeio_jax.training.partitioning import MeshConfig
+
+    report = compile_for(hardware.parse_topology("cpu:1"), preset("smollm2_135m"), MeshConfig(), OptimizerConfig(),
+                         100, batch, length, compute_dtype="float32", remat=remat, attention_impl="xla",
+                         loss_chunk_length=chunk)
+    return report.per_chip_bytes["total"]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()
-    gib = 1 << 30
-    rows = {}
-    for name, chunk, remat, batch, length in CASES:
-        rows[name] = row = run(chunk, remat, batch, length, args.steps)
-        print(f"  {name:9s} chunk {chunk:4d} remat {remat:5s} {batch} x {length:5d}  peak "
-              f"{row['peak_rss'] / gib:6.2f} GiB  {row['tokens_per_s']:8.0f} tokens/s  loss {row['loss']:.4f}",
+    print("SmolLM2-135M shape (vocabulary 49,152), float32 train step on CPU\n")
+    measured = {}
+    for chunk in (0, 512):
+        measured[chunk] = row = run(chunk, "none", 2, 512, args.steps)
+        print(f"  ran chunk {chunk}: peak {row['peak_rss'] / GIB:.2f} GiB, {row['tokens_per_s']:.0f} tokens/s",
               file=sys.stderr, flush=True)
-    print("\nSmolLM2-135M shape (vocabulary 49,152), float32 train step on CPU\n")
-    print("| run | loss chunk | remat | batch x length | peak resident | tokens/s |")
-    print("|---|---|---|---|---|---|")
-    for (name, chunk, remat, batch, length) in CASES:
-        row = rows[name]
-        print(f"| {name} | {chunk or 'whole'} | {remat} | {batch} x {length} | {row['peak_rss'] / gib:.2f} GiB | "
-              f"{row['tokens_per_s']:,.0f} |")
-    chunked, base, today = rows["chunked"], rows["baseline"], rows["today"]
-    print(f"\nchunked / baseline (same shape, same remat): peak {chunked['peak_rss'] / base['peak_rss']:.2f}x, "
-          f"tokens/s {chunked['tokens_per_s'] / base['tokens_per_s']:.2f}x, loss difference "
-          f"{abs(chunked['loss'] - base['loss']):.1e}")
-    print(f"chunked at 4 x 1024 / today at 2 x 512: peak {chunked['peak_rss'] / today['peak_rss']:.2f}x for 4x the "
-          f"tokens, tokens/s {chunked['tokens_per_s'] / today['tokens_per_s']:.2f}x")
+    print("| 2 x 512, no remat, run | loss chunk | peak resident | tokens/s | loss |")
+    print("|---|---|---|---|---|")
+    for chunk, row in measured.items():
+        print(f"| | {chunk or 'whole'} | {row['peak_rss'] / GIB:.2f} GiB | {row['tokens_per_s']:,.0f} | "
+              f"{row['loss']:.6f} |")
+    whole, chunked = measured[0], measured[512]
+    print(f"\nchunked / whole: peak {chunked['peak_rss'] / whole['peak_rss']:.2f}x, tokens/s "
+          f"{chunked['tokens_per_s'] / whole['tokens_per_s']:.2f}x, loss difference "
+          f"{abs(chunked['loss'] - whole['loss']):.1e}\n")
+    print("| compiled only (XLA's memory analysis) | remat | whole loss | chunked 512 | chunked / whole |")
+    print("|---|---|---|---|---|")
+    for remat, batch, length in (("none", 2, 512), ("full", 4, 1024)):
+        totals = [compiled_total(chunk, remat, batch, length) for chunk in (0, 512)]
+        print(f"| {batch} x {length} | {remat} | {totals[0] / GIB:.2f} GiB | {totals[1] / GIB:.2f} GiB | "
+              f"{totals[1] / totals[0]:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
