@@ -67,17 +67,13 @@ def format_report(report) -> str:
         ("model FLOPs a step", f"{report.model_flops_per_step:.3e}"),
         ("XLA FLOPs a step", f"{report.xla_flops_per_step:.3e}" if report.xla_flops_per_step else "n/a"),
         ("estimated step time", f"{_seconds(report.estimated_step_s)} (XLA's cost model: an estimate)"
-         if report.estimated_step_s else "n/a (" + ("the compiler refused the program" if report.compiler_refusal
-                                                    else "XLA gives no estimate for this platform") + ")"),
+         if report.estimated_step_s else "n/a"),
         ("estimated MFU", f"{100 * report.estimated_mfu:.1f}% (from the estimated step time)"
-         if report.estimated_mfu else "n/a"),
+         if report.estimated_mfu else f"n/a ({report.estimate_note})"),
         ("compile time", f"{report.compile_s:.1f} s"),
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
-    if report.xla_flops_per_step and report.xla_flops_per_step < 0.9 * report.model_flops_per_step:
-        lines.append("note: XLA counts fewer FLOPs than the model performs (it counts a loop's body once, e.g. the "
-                     "chunked loss's scan), so its time estimate is low and the estimated MFU high")
     if report.compiler_refusal:
         lines.append(f"the compiler: {report.compiler_refusal}")
     if report.advice:

@@ -40,6 +40,7 @@ class CompileReport:
     model_flops_per_step: float
     estimated_step_s: float | None
     estimated_mfu: float | None
+    estimate_note: str | None  # why an estimate is missing
     compile_s: float
     settings: dict[str, Any]
     compiler_refusal: str | None  # the compiler's own words when it refused the program for want of memory
@@ -145,9 +146,10 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
     capacity = topology.chip.hbm_bytes if topology.chip else _host_memory_per_device(chips)
     headroom = 1.0 - per_chip["total"] / capacity if capacity else None
     fits = compiled is not None and (headroom is None or headroom >= 0.0)
-    estimated_s = cost.get("optimal_seconds")
+    xla_flops = cost["flops"] * chips if "flops" in cost else None
     peak = topology.chip.peak_bf16_flops if topology.chip else None
-    mfu = model_flops / (estimated_s * chips * peak) if (estimated_s and peak) else None
+    estimated_s, mfu, estimate_note = credible_estimates(cost.get("optimal_seconds"), xla_flops, model_flops,
+                                                         chips, peak)
     config = setup.config
     settings = {"model": f"{config.family} {config.num_layers} layers, hidden {config.hidden_size}",
                 "compute_dtype": config.dtype, "remat": config.remat, "attention_impl": config.attention_impl,
@@ -159,8 +161,9 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
         batch_size=batch_size, rows_per_chip=batch_size // batch_shards, length=length,
         accumulation_steps=optimizer.accumulation_steps,
         per_chip_bytes=per_chip, hbm_bytes=capacity, fits=fits, headroom=headroom,
-        xla_flops_per_step=cost["flops"] * chips if "flops" in cost else None, model_flops_per_step=model_flops,
-        estimated_step_s=estimated_s, estimated_mfu=mfu, compile_s=compile_s, settings=settings,
+        xla_flops_per_step=xla_flops, model_flops_per_step=model_flops,
+        estimated_step_s=estimated_s, estimated_mfu=mfu, estimate_note=estimate_note, compile_s=compile_s,
+        settings=settings,
         compiler_refusal=_first_line(exhausted) if compiled is None else None, advice=None)
     if not fits:
         report.advice = advice(report)
@@ -200,6 +203,28 @@ def _exhausted_memory(message: str, arguments: int) -> dict[str, int]:
                 "temporaries": size(*temporaries.groups()) if temporaries else 0}
     per_chip["total"] = size(*used.groups()[:2]) if used else arguments + per_chip["temporaries"]
     return per_chip
+
+
+# Below this share of the model's FLOPs in XLA's count, its cost model is missing
+# work and its time estimate cannot give an MFU.
+MIN_COUNTED_SHARE = 0.9
+
+
+def credible_estimates(optimal_s: float | None, xla_flops: float | None, model_flops: float, chips: int,
+                       peak: float | None) -> tuple[float | None, float | None, str | None]:
+    """(estimated step s, estimated MFU, why one is missing) from XLA's cost model.
+    XLA does not count the work inside custom kernels (splash, megablox) and counts
+    a loop's body once (the chunked loss's scan); where its FLOPs fall short of the
+    model's, the time it estimates is for part of the step, so no MFU is derived."""
+    if not optimal_s or optimal_s <= 0:
+        return None, None, "XLA's cost model gives no step time for this program"
+    if not peak:
+        return optimal_s, None, "no bf16 peak known for these devices"
+    if not xla_flops or xla_flops < MIN_COUNTED_SHARE * model_flops:
+        share = f"{xla_flops / model_flops:.0%}" if xla_flops else "none"
+        return optimal_s, None, (f"XLA counts {share} of the model's FLOPs (custom kernels and loop bodies are "
+                                 "not counted in full), so its time is for part of the step")
+    return optimal_s, model_flops / (optimal_s * chips * peak), None
 
 
 def _attention_kernel(hlo: str) -> str:
