@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/chunked_loss.py
 	$(BIN)/python benchmarks/moe_step.py
 	$(BIN)/python benchmarks/multihost_losses.py
-	$(BIN)/python benchmarks/compile_paper_recipes.py --jobs 2 --cache runs/compile_cache
+	$(BIN)/python benchmarks/compile_paper_recipes.py --jobs 2 --cache benchmarks/results/compile_paper_recipes
 
 clean:
 	rm -rf $(VENV) build *.egg-info
