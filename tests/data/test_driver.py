@@ -62,8 +62,15 @@ def test_kill_minus_9_at_random_moments_gives_the_same_bytes(tmp_path):
     rng = random.Random(7)
     journal_sizes = []
     for _ in range(6):
+        before = len(journal.read_bytes().splitlines()) if journal.exists() else 0
         process = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.2, 0.5))
+        # Kill once this run has journalled work of its own (a loaded machine may take seconds to
+        # start it), then at a random moment after.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None and (
+                not journal.exists() or len(journal.read_bytes().splitlines()) <= before + 1):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         journal_sizes.append(len(journal.read_bytes().splitlines()) if journal.exists() else 0)
