@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import time
 from typing import Any
 
@@ -106,9 +107,7 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
     setup = build_step(model, mesh, optimizer, steps, seed, z_loss, compute_dtype, remat, attention_impl, moe_impl,
                        loss_chunk_length, devices=devices)
     mesh_shape = dict(setup.mesh.shape)
-    batch_shards = 1
-    for axis in setup.batch_sharding.spec[0] or ():
-        batch_shards *= mesh_shape[axis]
+    batch_shards = math.prod(mesh_shape[axis] for axis in setup.batch_sharding.spec[0] or ())
     if batch_size % batch_shards:
         raise hardware.TopologyError(f"batch_size {batch_size} does not split over the {batch_shards} devices the "
                                      f"batch is sharded on ({_axes(setup.batch_sharding.spec[0], mesh_shape)})")
@@ -177,8 +176,6 @@ def _first_line(message: str) -> str:
 
 def _shard_bytes(tree) -> int:
     """Bytes one device holds of a tree of sharded jax.ShapeDtypeStructs (its biggest shard)."""
-    import math
-
     import jax
 
     return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize

@@ -17,6 +17,7 @@ for v5e and v6e (v6e-256 is 256 chips), as `gcloud` accelerator types do.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 
@@ -92,7 +93,7 @@ def parse_topology(name: str) -> Topology:
         if len(dims) != chip.torus_dims or min(dims) < 1:
             raise TopologyError(f"{name}: a {chip.name} torus has {chip.torus_dims} dimensions, e.g. "
                                 f"{chip.name}:{'x'.join(['2'] * chip.torus_dims)}")
-        return Topology(name, chip, _product(dims), dims)
+        return Topology(name, chip, math.prod(dims), dims)
     if match := re.fullmatch(r"(v4|v5e|v5p|v6e)-(\d+)", text):
         chip = TPUS[match.group(1)]
         count = int(match.group(2))
@@ -108,13 +109,6 @@ def parse_topology(name: str) -> Topology:
     raise TopologyError(f"unknown topology {name!r}; known: {known_topologies()}")
 
 
-def _product(dims) -> int:
-    out = 1
-    for d in dims:
-        out *= d
-    return out
-
-
 def _power_of_two_torus(chips: int, ndim: int) -> tuple[int, ...] | None:
     """The usual torus of a power-of-two slice: grow from 2x2(x1) by doubling the
     last of the smallest dimensions (v5p: 2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4, 4x4x8, ...;
@@ -124,7 +118,7 @@ def _power_of_two_torus(chips: int, ndim: int) -> tuple[int, ...] | None:
     if chips < 4 or chips & (chips - 1):
         return None
     dims = [2, 2] + [1] * (ndim - 2)
-    while _product(dims) < chips:
+    while math.prod(dims) < chips:
         smallest = min(dims)
         last = max(i for i, d in enumerate(dims) if d == smallest)
         dims[last] *= 2
