@@ -30,6 +30,7 @@ def compile_only(args) -> int:
     # accelerator this host has (a TPU VM's chips may be busy training), and give
     # the CPU the devices cpu:N asks for, both before jax starts.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    hardware.prefer_memory_scheduler_on_cpu()  # as train does: the CPU figures are train's
     if topology.chip is None:
         flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={topology.chips}".strip()

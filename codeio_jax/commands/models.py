@@ -69,8 +69,9 @@ def _train(args) -> int:
         return compile_only(args)
     if args.topology or args.json:
         raise CommandError("--topology and --json go with --compile_only")
-    from codeio_jax.training import partitioning
+    from codeio_jax.training import hardware, partitioning
 
+    hardware.prefer_memory_scheduler_on_cpu()  # before jax starts: remat then saves memory on a CPU host
     try:
         partitioning.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     except partitioning.DistributedError as exc:

@@ -72,6 +72,21 @@ def test_cpu_devices_report_the_step_as_train_builds_it(tmp_path):
     assert "per chip: total" in done.stdout
 
 
+def test_remat_saves_memory_on_a_cpu_host_unless_xla_flags_choose_the_concurrency_scheduler():
+    def total(remat, env=None):
+        done = compile_only("--topology", "cpu:1", f"--gin.train.remat='{remat}'",
+                            "--gin.SyntheticInput.length=512", env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return report_of(done)["per_chip_bytes"]["total"]
+
+    # 8 x 512 on the tiny Llama: its activations outweigh its parameters. XLA:CPU's default
+    # scheduler runs every layer's recomputation early, and full remat then saves nothing.
+    none, full = total("none"), total("full")
+    assert full < 0.9 * none, (full, none)
+    concurrency = total("full", env={"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"})
+    assert concurrency > 0.95 * none, (concurrency, none)  # a user's own choice in XLA_FLAGS wins
+
+
 @pytest.mark.slow
 def test_a_tpu_slice_compiles_and_a_step_that_cannot_fit_exits_3_saying_what_to_change():
     done = compile_only("--topology", "v5p-8")
