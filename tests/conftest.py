@@ -31,3 +31,12 @@ def sandbox():
 
     with Sandbox(SandboxConfig(workers=2, limits=Limits(timeout_s=2.0))) as box:
         yield box
+
+
+@pytest.fixture(scope="session")
+def recheck(sandbox):
+    """The other world's sandbox (data/determinism.py), beside `sandbox`."""
+    from codeio_jax.data.determinism import recheck_sandbox
+
+    with recheck_sandbox(sandbox.config) as box:
+        yield box

@@ -58,10 +58,16 @@ def sandbox_flags(parser: argparse.ArgumentParser) -> None:
                         help="interpreter that runs the checked programs (default: this one)")
 
 
-def sandbox_for(args, timeout: float | None = None):
+def sandbox_for(args, timeout: float | None = None, recheck: bool = False):
+    """The sandbox the flags ask for; with recheck, the other world's
+    (data/determinism.py: another hash seed)."""
     from codeio_jax.execution import Limits, Sandbox, SandboxConfig, SandboxError
 
     fields = {}
+    if recheck:
+        from codeio_jax.data.determinism import RECHECK_HASH_SEED
+
+        fields["hash_seed"] = RECHECK_HASH_SEED
     if args.python:
         fields["python"] = args.python
     if timeout is not None:

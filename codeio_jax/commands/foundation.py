@@ -5,6 +5,8 @@ Each handler imports what it needs when it runs.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import sys
 from pathlib import Path
@@ -37,6 +39,11 @@ def add_commands(sub) -> None:
     ios.add_argument("--max-calls", type=int, default=1000)
     ios.add_argument("--max-pairs", type=int, default=10)
     ios.add_argument("--timeout", type=float, default=20.0, help="seconds per record")
+    ios.add_argument("--no-determinism", dest="determinism", action="store_false",
+                     help="keep pairs without rerunning them in another world (another seed, hash seed, "
+                          "clock; each input alone and in another order)")
+    ios.add_argument("--deterministic-min-pairs", type=int, default=2,
+                     help="pairs that must hold for a record with a pair that changed (default 2)")
     sandbox_flags(ios)
     ios.set_defaults(handler=_ios)
 
@@ -89,11 +96,16 @@ def _ios(args) -> int:
     if not Path(source).exists():
         raise CommandError(f"{source} does not exist")
     errors_path = args.errors or args.out.with_name(args.out.stem + ".errors.jsonl")
-    settings = ios_stage.IOSettings(seed=args.seed, max_calls=args.max_calls, max_pairs=args.max_pairs,
-                                    timeout_s=args.timeout)
-    with sandbox_for(args) as sandbox, Progress(None, "records") as bar:
+    try:
+        settings = ios_stage.IOSettings(seed=args.seed, max_calls=args.max_calls, max_pairs=args.max_pairs,
+                                        timeout_s=args.timeout, determinism=args.determinism,
+                                        deterministic_min_pairs=args.deterministic_min_pairs)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    with sandbox_for(args) as sandbox, sandbox_for(args, recheck=True) if args.determinism else \
+            contextlib.nullcontext() as recheck, Progress(None, "records") as bar:
         summary = ios_stage.run_file(source, args.out, errors_path, sandbox, settings,
-                                     on_record=lambda status: bar.count(status, 1))
+                                     on_record=lambda status: bar.count(status, 1), recheck=recheck)
     print(f"ios: {summary.records} records in, {summary.kept} with pairs, "
           f"{summary.errors} errors, {summary.pairs} pairs")
     if summary.error_reasons:

@@ -41,6 +41,7 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from codeio_jax.data import ios, predictions, stages
+from codeio_jax.data.determinism import recheck_sandbox
 from codeio_jax.data.pipeline import PipelineError, TraceTeacherSpec
 from codeio_jax.execution import Sandbox, SandboxConfig
 from codeio_jax.records import LineError, RecordError, UnifiedRecord
@@ -117,11 +118,23 @@ class _IOs(_SandboxDoFn):
     def __init__(self, config: SandboxConfig, settings: ios.IOSettings):
         super().__init__(config)
         self._settings = settings
+        self._recheck: Sandbox | None = None
+
+    def setup(self) -> None:
+        super().setup()
+        if self._settings.determinism:
+            self._recheck = recheck_sandbox(self._config)
+
+    def teardown(self) -> None:
+        super().teardown()
+        if self._recheck is not None:
+            self._recheck.close()
+            self._recheck = None
 
     def process(self, batch: list[tuple[int, UnifiedRecord]]) -> Iterator[Any]:
-        futures = [ios.submit(record, self._sandbox, self._settings) for _, record in batch]
+        futures = [ios.submit(record, line, self._sandbox, self._settings, self._recheck) for line, record in batch]
         for (line, record), future in zip(batch, futures):
-            found = ios.judge(record, line, future.result(), self._settings)
+            found = future.result()
             if found.row is not None:
                 yield line, found.row
             else:
@@ -220,7 +233,8 @@ def _in_order(rows: Iterable[tuple[Key, dict]]) -> list[dict]:
 
 @gin.configurable
 def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0, max_calls: int = 1000,
-                      max_pairs: int = 10, ios_timeout_s: float = 20.0, per_task: int = 3,
+                      max_pairs: int = 10, ios_timeout_s: float = 20.0, determinism: bool = True,
+                      deterministic_min_pairs: int = 2, per_task: int = 3,
                       rounds: int = 1, turn_teachers: Sequence[Any] = (TraceTeacherSpec(),),
                       reveal_expected: bool = False, sandbox_workers: int = 1,
                       python: str | None = None, batch_size: int = 64, cache_dir: str | None = None,
@@ -241,7 +255,11 @@ def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0,
         raise PipelineError(f"rounds must be 0 or more, got {rounds}")
     if not turn_teachers:
         raise PipelineError("turn_teachers is empty: name at least the teacher of the first turn")
-    settings = ios.IOSettings(seed=seed, max_calls=max_calls, max_pairs=max_pairs, timeout_s=ios_timeout_s)
+    try:
+        settings = ios.IOSettings(seed=seed, max_calls=max_calls, max_pairs=max_pairs, timeout_s=ios_timeout_s,
+                                  determinism=determinism, deterministic_min_pairs=deterministic_min_pairs)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
     config = SandboxConfig(workers=sandbox_workers, **({"python": python} if python else {}))
     config.worker_count()  # a bad count fails here, not on a worker
     if not FileSystems.exists(out_dir):
@@ -298,8 +316,8 @@ def _counter(result: PipelineResult, name: str) -> int:
 
 # run_pipeline's settings that mean the same here; `workers` (the local pool's
 # slots) has no counterpart: the runner's parallelism times sandbox_workers.
-SHARED_SETTINGS = ("source", "seed", "max_calls", "max_pairs", "ios_timeout_s", "per_task", "rounds",
-                   "turn_teachers", "reveal_expected", "python")
+SHARED_SETTINGS = ("source", "seed", "max_calls", "max_pairs", "ios_timeout_s", "determinism",
+                   "deterministic_min_pairs", "per_task", "rounds", "turn_teachers", "reveal_expected", "python")
 
 
 def run_configured(work_dir: str | Path, beam_args: Sequence[str] = ()) -> dict:

@@ -10,8 +10,11 @@ For a record without a generator (the CodeI/O authors' parsed format), replay
 its recorded pairs: run `main_solution` on each recorded input and keep the pairs
 whose output it reproduces.
 
-A record that yields no pair, raises, or times out becomes an error record with
-the reason; no record is dropped silently.
+With `determinism` on (the default), every record with pairs then runs again
+in another world (data/determinism.py) and keeps only the pairs that held there.
+
+A record that yields no pair, raises, times out, or proves non-deterministic
+becomes an error record with the reason; no record is dropped silently.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from codeio_jax.data import determinism
 from codeio_jax.execution import Check, Limits, Sandbox
 from codeio_jax.data.driver import Result, fingerprint, run_resumable
 from codeio_jax.records import LineError, UnifiedRecord, read_unified_numbered
@@ -53,10 +57,12 @@ class IOSettings:
     timeout_s: float = 20.0
     memory_mb: int = 2048
     sizes: SizeLimits = SizeLimits()
+    determinism: bool = True  # recheck every pair in another world (data/determinism.py)
+    deterministic_min_pairs: int = 2  # a record with a pair that changed needs this many that held
 
     def __post_init__(self):
-        if self.max_calls < 1 or self.max_pairs < 1:
-            raise ValueError("max_calls and max_pairs must be at least 1")
+        if self.max_calls < 1 or self.max_pairs < 1 or self.deterministic_min_pairs < 1:
+            raise ValueError("max_calls, max_pairs and deterministic_min_pairs must be at least 1")
 
 
 def record_seed(seed: int, record_id: str) -> int:
@@ -104,10 +110,48 @@ class IOResult:
         return {"id": self.record_id, "stage": STAGE, "line": self.line, "error": self.error}
 
 
-def submit(record: UnifiedRecord, sandbox: Sandbox, settings: IOSettings):
+def submit(record: UnifiedRecord, line: int, sandbox: Sandbox, settings: IOSettings,
+           recheck: Sandbox | None = None) -> concurrent.futures.Future:
+    """The record's IOResult, as a future: its run in `sandbox`, judged, then,
+    with settings.determinism, its pairs rechecked in `recheck`, the sandbox of
+    the other world (determinism.recheck_sandbox)."""
+    if settings.determinism and recheck is None:
+        raise ValueError("IOSettings.determinism needs the other world's sandbox: pass "
+                         "recheck=determinism.recheck_sandbox(config), or turn determinism off")
     limits = Limits(timeout_s=settings.timeout_s, memory_mb=settings.memory_mb)
     make = generator_check if record.input_generator else replay_check
-    return sandbox.submit(make(record, settings, limits))
+    result: concurrent.futures.Future = concurrent.futures.Future()
+
+    def settle(compute) -> None:
+        try:
+            result.set_result(compute())
+        except BaseException as exc:  # a broken sandbox: the caller's result() raises it
+            result.set_exception(exc)
+
+    def ran(future) -> None:
+        try:
+            found = judge(record, line, future.result(), settings)
+            if found.row is None or not settings.determinism:
+                result.set_result(found)
+                return
+            seed = record_seed(settings.seed, record.id + "\0recheck")
+            check = determinism.recheck_check(record.funcname, record.refcode, found.row["ios"], seed, limits)
+            recheck.submit(check).add_done_callback(
+                lambda done: settle(lambda: confirm(found, done.result(), settings)))
+        except BaseException as exc:
+            result.set_exception(exc)
+
+    sandbox.submit(make(record, settings, limits)).add_done_callback(ran)
+    return result
+
+
+def confirm(found: IOResult, outcome, settings: IOSettings) -> IOResult:
+    """A judged record's pairs after the recheck in the other world: those that held."""
+    checked = determinism.judge(found.row["ios"], outcome, settings.deterministic_min_pairs)
+    if checked.error is not None:
+        return IOResult(found.record_id, found.line, error=checked.error)
+    row = {**found.row, "ios": checked.pairs, "ios_stats": {**found.row["ios_stats"], "determinism": checked.stats}}
+    return IOResult(found.record_id, found.line, row=row)
 
 
 def judge(record: UnifiedRecord, line: int, outcome, settings: IOSettings) -> IOResult:
@@ -158,7 +202,7 @@ def numbered(records: Iterable[UnifiedRecord]) -> Iterator[tuple[int, UnifiedRec
 
 def generate(items: Iterable[tuple[int, UnifiedRecord | LineError]], sandbox: Sandbox,
              settings: IOSettings, in_flight: int | None = None,
-             buffered: int = 1000) -> Iterator[IOResult]:
+             buffered: int = 1000, recheck: Sandbox | None = None) -> Iterator[IOResult]:
     """Results in input order, for (line number, record or LineError) items. At
     most `in_flight` records run at once; finished ones wait (up to `buffered`)
     behind a slow record instead of idling the pool."""
@@ -168,23 +212,23 @@ def generate(items: Iterable[tuple[int, UnifiedRecord | LineError]], sandbox: Sa
         if isinstance(item, LineError):
             pending.append((None, item, None))
         else:
-            pending.append((item, line, submit(item, sandbox, settings)))
+            pending.append((item, line, submit(item, line, sandbox, settings, recheck)))
         while True:
             while pending and (pending[0][2] is None or pending[0][2].done()):
-                yield _finish(pending.popleft(), settings)
+                yield _finish(pending.popleft())
             running = [entry[2] for entry in pending if entry[2] is not None and not entry[2].done()]
             if len(running) < in_flight and len(pending) < buffered:
                 break
             concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
     while pending:
-        yield _finish(pending.popleft(), settings)
+        yield _finish(pending.popleft())
 
 
-def _finish(entry, settings: IOSettings) -> IOResult:
+def _finish(entry) -> IOResult:
     record, where, future = entry
     if record is None:
         return IOResult(where.id or f"line-{where.line}", where.line, error=where.reason)
-    return judge(record, where, future.result(), settings)
+    return future.result()
 
 
 @dataclasses.dataclass
@@ -199,14 +243,16 @@ class IOSummary:
 
 
 def run_file(source: str | Path, dest: str | Path, errors_dest: str | Path, sandbox: Sandbox,
-             settings: IOSettings, on_record: Callable[[str], None] | None = None) -> IOSummary:
+             settings: IOSettings, on_record: Callable[[str], None] | None = None,
+             recheck: Sandbox | None = None) -> IOSummary:
     """Stream unified records from `source` into `dest` (records with pairs) and
     `errors_dest` (error records), resumable after an interruption (driver.py);
-    the summary counts the finished files, whatever run made them."""
+    the summary counts the finished files, whatever run made them. `recheck`:
+    the other world's sandbox, which settings.determinism needs."""
 
     def results_from(skip: int) -> Iterator[Result]:
         items = itertools.islice(read_unified_numbered(source), skip, None)
-        for result in generate(items, sandbox, settings):
+        for result in generate(items, sandbox, settings, recheck=recheck):
             yield Result.one(result.row is not None, result.to_dict())
 
     report = (lambda result: on_record("kept" if result.ok else "error")) if on_record else None
@@ -226,7 +272,8 @@ def run_file(source: str | Path, dest: str | Path, errors_dest: str | Path, sand
 
 def reason_kind(reason: str) -> str:
     """A short class of an error reason, for counts."""
-    for kind in ("missing module", "timed out", "memory", "does not parse", "no pair",
+    for kind in ("non-deterministic", "determinism check", "missing module", "timed out", "memory",
+                 "does not parse", "no pair",
                  "no recorded pair", "input_generator", "not valid", "is missing", "must be"):
         if kind in reason:
             return kind

@@ -15,6 +15,7 @@ unified records (the embedded corpus, the authors' parsed records) start at `ios
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -23,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import gin
 
+from codeio_jax.data.determinism import recheck_sandbox
 from codeio_jax.data import ios, stages
 from codeio_jax.data.driver import Result, Summary
 from codeio_jax.data.respond import ChatResponder, Responder, TraceResponder
@@ -126,7 +128,8 @@ Progress = Callable[[str], Callable[[Result], None] | None]
 @gin.configurable
 def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None = None,
                  start: str = "auto", seed: int = 0, max_calls: int = 1000, max_pairs: int = 10,
-                 ios_timeout_s: float = 20.0, per_task: int = 3, rounds: int = 1,
+                 ios_timeout_s: float = 20.0, determinism: bool = True, deterministic_min_pairs: int = 2,
+                 per_task: int = 3, rounds: int = 1,
                  turn_teachers: Sequence[Any] = (TraceTeacherSpec(),), transform_teacher: Any = None,
                  reveal_expected: bool = False, shards: int = 4, workers: int | None = None,
                  python: str | None = None, progress: Progress | None = None) -> PipelineReport:
@@ -134,6 +137,9 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
 
     start: "transform" (raw code rows with `content`), "ios" (unified records),
       or "auto": whichever the source's first valid row looks like.
+    determinism: rerun every kept pair in another world (data/determinism.py)
+      and keep those that held; a record where one changed needs
+      `deterministic_min_pairs` that held, else it is an error row.
     rounds: revision rounds after the first turn (CodeI/O: 0; CodeI/O++: 1).
     turn_teachers: who answers turn 1, 2, ...; the last one answers every later turn.
     transform_teacher: a chat teacher for raw code; the trace teacher cannot transform.
@@ -169,7 +175,8 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
 
     config = SandboxConfig(workers=workers, **({"python": python} if python else {}))
     usage: dict[str, dict] = {}
-    with Sandbox(config) as sandbox:
+    with Sandbox(config) as sandbox, (recheck_sandbox(config) if determinism
+                                      else contextlib.nullcontext()) as recheck:
         current = source
         if start == "transform":
             responder = transform_teacher.build(sandbox, cache)
@@ -177,9 +184,12 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
                 current = step("transform", stages.transform_file, current, work / "unified.jsonl",
                                responder.teacher, repr(transform_teacher))
             usage["transform"] = responder.usage.as_dict()
-        settings = ios.IOSettings(seed=seed, max_calls=max_calls, max_pairs=max_pairs,
-                                  timeout_s=ios_timeout_s)
-        current = step("ios", _ios_file, current, work / "with_ios.jsonl", sandbox, settings)
+        try:
+            settings = ios.IOSettings(seed=seed, max_calls=max_calls, max_pairs=max_pairs, timeout_s=ios_timeout_s,
+                                      determinism=determinism, deterministic_min_pairs=deterministic_min_pairs)
+        except ValueError as exc:
+            raise PipelineError(str(exc)) from None
+        current = step("ios", _ios_file, current, work / "with_ios.jsonl", sandbox, settings, recheck)
         current = step("prompts", stages.prompts_file, current, work / "prompts.jsonl",
                        seed=seed, per_task=per_task)
         for turn in range(1, rounds + 2):
@@ -243,10 +253,10 @@ def write_examples(examples: Path, out_dir: Path, shards: int) -> Written:
     return Written(files, Summary(items=counts["examples"], ok=counts["examples"]))
 
 
-def _ios_file(source, dest, errors_dest, sandbox, settings, on_result=None) -> Summary:
+def _ios_file(source, dest, errors_dest, sandbox, settings, recheck, on_result=None) -> Summary:
     """The ios stage, in the shape of the others."""
     report = (lambda status: on_result(Result(status == "kept", ()))) if on_result else None
-    found = ios.run_file(source, dest, errors_dest, sandbox, settings, on_record=report)
+    found = ios.run_file(source, dest, errors_dest, sandbox, settings, on_record=report, recheck=recheck)
     return Summary(items=found.records, ok=found.kept, errors=found.errors, resumed_at=found.resumed_at,
                    already_done=found.already_done)
 

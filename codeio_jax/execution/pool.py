@@ -56,6 +56,8 @@ class SandboxConfig:
     scratch_mb: size of each slot's private tmpfs (when a mount namespace exists).
     start_timeout_s: how long a slot may take to start (import its preloads and
       isolate itself) before the sandbox gives up with an error.
+    hash_seed: PYTHONHASHSEED of the slots: fixed, so set order of strings is the
+      same on every run; another value is another world (data/determinism.py).
     """
 
     workers: int | None = None
@@ -66,6 +68,7 @@ class SandboxConfig:
     drop_privileges: bool = True
     scratch_mb: int = 64
     start_timeout_s: float = 30.0
+    hash_seed: int = 0
 
     def worker_count(self) -> int:
         if self.workers is not None:
@@ -104,7 +107,7 @@ class _Slot:
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
-            "PYTHONHASHSEED": "0",
+            "PYTHONHASHSEED": str(self.config.hash_seed),
             "PYTHONDONTWRITEBYTECODE": "1",
             "OPENBLAS_NUM_THREADS": "1",
             "OMP_NUM_THREADS": "1",

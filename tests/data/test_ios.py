@@ -33,12 +33,13 @@ def record(**changes):
     return UnifiedRecord.from_dict({**COIN_CHANGE, **changes})
 
 
-def run(records, sandbox, **settings):
-    return list(ios.generate(ios.numbered(records), sandbox, ios.IOSettings(**{"timeout_s": 5.0, **settings})))
+def run(records, sandbox, recheck, **settings):
+    return list(ios.generate(ios.numbered(records), sandbox, ios.IOSettings(**{"timeout_s": 5.0, **settings}),
+                             recheck=recheck))
 
 
-def test_pairs_are_distinct_reproducible_and_within_limits(sandbox):
-    (result,) = run([record()], sandbox)
+def test_pairs_are_distinct_reproducible_and_within_limits(sandbox, recheck):
+    (result,) = run([record()], sandbox, recheck)
     assert result.error is None
     pairs = result.row["ios"]
     assert len(pairs) == 10
@@ -50,36 +51,36 @@ def test_pairs_are_distinct_reproducible_and_within_limits(sandbox):
         assert len(json.dumps(pair).encode()) < 1024
 
 
-def test_same_seed_same_bytes_other_seed_other_pairs(sandbox):
-    first = run([record()], sandbox, seed=7)[0].row
-    again = run([record()], sandbox, seed=7)[0].row
-    other = run([record()], sandbox, seed=8)[0].row
+def test_same_seed_same_bytes_other_seed_other_pairs(sandbox, recheck):
+    first = run([record()], sandbox, recheck, seed=7)[0].row
+    again = run([record()], sandbox, recheck, seed=7)[0].row
+    other = run([record()], sandbox, recheck, seed=8)[0].row
     assert json.dumps(first) == json.dumps(again)
     assert first["ios"] != other["ios"]
     # The seed depends on the record id, not on its position in the file.
-    renamed = run([record(id="another_id")], sandbox, seed=7)[0].row
+    renamed = run([record(id="another_id")], sandbox, recheck, seed=7)[0].row
     assert renamed["ios"] != first["ios"]
 
 
-def test_fewer_distinct_inputs_than_pairs(sandbox):
+def test_fewer_distinct_inputs_than_pairs(sandbox, recheck):
     gen = "import random\ndef input_generator():\n    return {'coins': [1, 2], 'amount': random.randint(0, 2)}\n"
-    (result,) = run([record(input_generator=gen)], sandbox)
+    (result,) = run([record(input_generator=gen)], sandbox, recheck)
     assert len(result.row["ios"]) == 3
     assert result.row["ios_stats"]["calls"] == 1000
     assert result.row["ios_stats"]["rejected"]["duplicate input"] == 997
 
 
-def test_size_limits_are_the_papers(sandbox):
+def test_size_limits_are_the_papers(sandbox, recheck):
     refcode = "def main_solution(n):\n    return 'x' * n\n"
     gen = "import random\ndef input_generator():\n    return {'n': random.randint(95, 105)}\n"
-    (result,) = run([record(refcode=refcode, input_generator=gen)], sandbox)
+    (result,) = run([record(refcode=refcode, input_generator=gen)], sandbox, recheck)
     lengths = sorted(len(p["output"]) for p in result.row["ios"])
     assert lengths == list(range(95, 100))
     assert result.row["ios_stats"]["rejected"]["output has a string of 100+ characters"] > 0
 
     refcode = "def main_solution(n):\n    return list(range(n))\n"
     gen = "import random\ndef input_generator():\n    return {'n': random.randint(15, 25)}\n"
-    (result,) = run([record(refcode=refcode, input_generator=gen)], sandbox)
+    (result,) = run([record(refcode=refcode, input_generator=gen)], sandbox, recheck)
     assert max(len(p["output"]) for p in result.row["ios"]) == 19
 
 
@@ -101,31 +102,31 @@ def test_size_limits_are_the_papers(sandbox):
     ({"input_generator": "def input_generator():\n    return {}\ndef __codeio_ios__():\n    return {}\n"},
      "interfered with the harness"),
 ])
-def test_failures_become_error_records(sandbox, changes, reason):
-    (result,) = run([record(**changes)], sandbox, timeout_s=2.0)
+def test_failures_become_error_records(sandbox, recheck, changes, reason):
+    (result,) = run([record(**changes)], sandbox, recheck, timeout_s=2.0)
     assert result.row is None
     assert reason in result.error
 
 
-def test_replays_recorded_pairs_without_a_generator(sandbox):
+def test_replays_recorded_pairs_without_a_generator(sandbox, recheck):
     pairs = [{"input": {"coins": [1, 5], "amount": 7}, "output": 3},
              {"input": {"coins": [2], "amount": 3}, "output": -1},
              {"input": {"coins": [3], "amount": 9}, "output": 4}]  # wrong on purpose
     row = {k: v for k, v in COIN_CHANGE.items() if k not in ("input_generator", "id")}
-    (result,) = run([UnifiedRecord.from_dict({**row, "ios": pairs})], sandbox)
+    (result,) = run([UnifiedRecord.from_dict({**row, "ios": pairs})], sandbox, recheck)
     assert result.row["ios"] == pairs[:2]
     assert result.row["ios_stats"]["mismatched"] == 1
     assert result.record_id.startswith("rec_")
 
 
-def test_run_file_loses_no_line(sandbox, tmp_path):
+def test_run_file_loses_no_line(sandbox, recheck, tmp_path):
     source = tmp_path / "in.jsonl"
     good = json.dumps(COIN_CHANGE)
     lines = [good.encode(), b"{not json", b"\xff\xfe bad utf-8", json.dumps({"refcode": "x"}).encode(),
              b"", json.dumps({**COIN_CHANGE, "id": "second"}).encode(), b"[1, 2]"]
     source.write_bytes(b"\n".join(lines) + b"\n")
     out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
-    summary = ios.run_file(source, out, errors, sandbox, ios.IOSettings(timeout_s=5.0))
+    summary = ios.run_file(source, out, errors, sandbox, ios.IOSettings(timeout_s=5.0), recheck=recheck)
     assert (summary.records, summary.kept, summary.errors) == (6, 2, 4)
     kept = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert kept == ["coin_change", "second"]
@@ -137,13 +138,13 @@ def test_run_file_loses_no_line(sandbox, tmp_path):
     assert "expected a JSON object" in failed[3]["error"]
 
 
-def test_reads_the_authors_records_and_reproduces_most_pairs(sandbox):
+def test_reads_the_authors_records_and_reproduces_most_pairs(sandbox, recheck):
     path = shared_data("codeio/rawcode_1k_parsed.jsonl")
     records = list(read_unified(path))
     assert len(records) == 464 and all(isinstance(r, UnifiedRecord) for r in records)
     assert len({r.id for r in records}) == 464
     sample = records[:60]
-    results = run(sample, sandbox, timeout_s=10.0)
+    results = run(sample, sandbox, recheck, timeout_s=10.0)
     recorded = sum(len(r.ios) for r in sample)
     reproduced = sum(len(r.row["ios"]) for r in results if r.row)
     assert reproduced / recorded > 0.85

@@ -44,10 +44,10 @@ def test_parse_transform_reply(corpus, heading):
     assert fields["problem_description"] == record.problem_description.strip()
 
 
-def test_parsed_reply_runs_through_the_ios_stage(corpus, sandbox):
+def test_parsed_reply_runs_through_the_ios_stage(corpus, sandbox, recheck):
     parsed = parse_transform_reply(reply_for(corpus["josephus_survivor"]))
     record = UnifiedRecord.from_dict({**parsed, "id": "from_teacher"})
-    (result,) = ios.generate(ios.numbered([record]), sandbox, ios.IOSettings(timeout_s=5.0))
+    (result,) = ios.generate(ios.numbered([record]), sandbox, ios.IOSettings(timeout_s=5.0), recheck=recheck)
     assert result.error is None and len(result.row["ios"]) == 10
 
 
@@ -63,9 +63,9 @@ def test_parse_transform_reply_says_what_is_wrong(corpus, mutate, message):
         parse_transform_reply(mutate(reply_for(corpus["coin_change_min_coins"])))
 
 
-def test_prediction_prompts(corpus, sandbox):
+def test_prediction_prompts(corpus, sandbox, recheck):
     source = corpus["run_length_encoding"]
-    (result,) = ios.generate(ios.numbered([source]), sandbox, ios.IOSettings(timeout_s=5.0))
+    (result,) = ios.generate(ios.numbered([source]), sandbox, ios.IOSettings(timeout_s=5.0), recheck=recheck)
     record = UnifiedRecord.from_dict(result.row)
     prompts = prediction_prompts(record, seed=0)
     assert [p.task for p in prompts] == [OUTPUT_PREDICTION] * 3 + [INPUT_PREDICTION] * 3

@@ -10,9 +10,9 @@ from codeio_jax.verify.verdicts import InputPrediction, verify_input_predictions
 
 
 @pytest.fixture(scope="module")
-def corpus(sandbox):
+def corpus(sandbox, recheck):
     records = list(read_unified(ios.DEFAULT_CORPUS))
-    results = ios.generate(ios.numbered(records), sandbox, ios.IOSettings(timeout_s=10.0))
+    results = ios.generate(ios.numbered(records), sandbox, ios.IOSettings(timeout_s=10.0), recheck=recheck)
     return {r.record_id: UnifiedRecord.from_dict(r.row) for r in results}
 
 

@@ -1,0 +1,195 @@
+"""Determinism: a kept input/output pair must give the same output in another world.
+
+The `ios` stage records each pair from one run of the record's code. A program
+whose output depends on the clock, on unseeded randomness, on the order of a
+set of strings, or on state it keeps between calls (a global counter, a memo
+table) records a "truth" that is not one, and the data would teach it. So every
+record with pairs is run again, in a second sandbox whose slots have another
+PYTHONHASHSEED, and there:
+
+  - `random` and numpy's global generator are seeded with another seed;
+  - the clock is shifted by about 11.6 days and runs at half speed
+    (`time.time`, `time_ns`, `monotonic`, `perf_counter`, `datetime.now`,
+    `date.today`), patched before the record's code imports anything;
+  - the recorded inputs are called in reverse order in one namespace (state
+    carried between calls shows), then each alone, in a namespace of its own
+    where the record's code has just run afresh.
+
+A pair is kept when both calls give its recorded output under the verifier's
+comparison (verify/compare.py). Dict order cannot be perturbed: the language
+fixes it to insertion order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from codeio_jax.execution import Check, Limits, Sandbox, SandboxConfig
+from codeio_jax.verify.compare import values_match
+
+# The first run's slots have hash seed 0 (execution/pool.py).
+RECHECK_HASH_SEED = 1
+_SHOWN_VALUE_CHARS = 160
+_SHOWN_PAIRS = 2
+
+
+def recheck_sandbox(config: SandboxConfig) -> Sandbox:
+    """The second world's sandbox: the first one's settings, another hash seed."""
+    return Sandbox(dataclasses.replace(config, hash_seed=RECHECK_HASH_SEED))
+
+
+def recheck_check(funcname: str, refcode: str, pairs: list[dict], seed: int, limits: Limits) -> Check:
+    """The record's code, run by the fixed harness `_RECHECK` on the inputs of its pairs."""
+    params = {"seed": seed, "funcname": funcname, "code": refcode,
+              "inputs": [pair["input"] for pair in pairs], "budget_s": 0.8 * limits.timeout_s}
+    text = json.dumps(params, ensure_ascii=False)
+    return Check(f"{refcode}\n\n__codeio_params__ = {text!r}\n", entry="__codeio_recheck__", limits=limits,
+                 prelude=_RECHECK)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rechecked:
+    """The pairs that held, with counts; `error` when the record must go."""
+
+    pairs: list[dict]
+    stats: dict
+    error: str | None = None
+
+
+def judge(pairs: list[dict], outcome, min_pairs: int) -> Rechecked:
+    """Keep the pairs whose every recheck call gave the recorded output. A record
+    is an error when a pair differed and fewer than `min_pairs` held, or when
+    the recheck itself could not run."""
+    if not outcome.passed:
+        return Rechecked([], {}, f"the determinism check did not finish: {outcome.status}: {outcome.message}"[:500])
+    results = outcome.value
+    if not isinstance(results, list) or len(results) != len(pairs):
+        return Rechecked([], {}, "the record's code interfered with the determinism check's harness")
+    kept, differing, unchecked = [], [], 0
+    for pair, result in zip(pairs, results):
+        if result is None:  # the check's time ran out before this pair
+            unchecked += 1
+            continue
+        for how in ("reversed", "alone"):
+            ok, got = result[how]
+            if not ok or not values_match(got, pair["output"]):
+                differing.append((pair, how, ok, got))
+                break
+        else:
+            kept.append(pair)
+    stats = {"checked": len(pairs) - unchecked, "held": len(kept), "differed": len(differing),
+             "unchecked": unchecked}
+    if differing and len(kept) < min_pairs:
+        return Rechecked([], stats, _non_deterministic(differing, len(pairs), len(kept), min_pairs))
+    if not kept:
+        return Rechecked([], stats, f"the determinism check ran out of time before any of {len(pairs)} pairs")
+    return Rechecked(kept, stats)
+
+
+def _non_deterministic(differing: list, total: int, held: int, min_pairs: int) -> str:
+    shown = []
+    for pair, how, ok, got in differing[:_SHOWN_PAIRS]:
+        when = ("called after the others, in reverse order" if how == "reversed"
+                else "called alone, on a fresh run of the code")
+        result = f"gave {_short(got)}" if ok else f"raised {got}"
+        shown.append(f"input {_short(pair['input'])} recorded {_short(pair['output'])}, {when} {result}")
+    return (f"non-deterministic: {len(differing)} of {total} pairs gave another output in another world "
+            f"(another seed, hash seed and clock), {held} held (at least {min_pairs} needed): "
+            + "; ".join(shown))
+
+
+def _short(value) -> str:
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=repr)
+    return text if len(text) <= _SHOWN_VALUE_CHARS else text[:_SHOWN_VALUE_CHARS] + "..."
+
+
+# Runs inside the sandbox as a prelude, before the record's code: the clock is
+# patched first, so the record's own `from time import time` takes the patched one.
+_RECHECK = '''
+import time as __codeio_time
+import datetime as __codeio_datetime
+
+def __codeio_patch_clock__():
+    real = {name: getattr(__codeio_time, name) for name in ("time", "time_ns", "monotonic", "perf_counter")}
+    start = {name: clock() for name, clock in real.items()}
+    shift, rate = 1000003.25, 0.5
+
+    def shifted(name):
+        clock, zero = real[name], start[name]
+        if name == "time_ns":
+            return lambda: zero + int(shift * 1e9) + int((clock() - zero) * rate)
+        return lambda: zero + shift + (clock() - zero) * rate
+
+    for name in real:
+        setattr(__codeio_time, name, shifted(name))
+    # Plain names for the class bodies below: a class body mangles `__name`.
+    time_module, dt = __codeio_time, __codeio_datetime
+
+    class ShiftedDatetime(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls.fromtimestamp(time_module.time(), tz)
+
+        @classmethod
+        def today(cls):
+            return cls.fromtimestamp(time_module.time())
+
+        @classmethod
+        def utcnow(cls):
+            return cls.fromtimestamp(time_module.time(), dt.timezone.utc).replace(tzinfo=None)
+
+    class ShiftedDate(dt.date):
+        @classmethod
+        def today(cls):
+            return cls.fromtimestamp(time_module.time())
+
+    dt.datetime, dt.date = ShiftedDatetime, ShiftedDate
+    return real["monotonic"]
+
+__codeio_real_monotonic__ = __codeio_patch_clock__()
+
+
+def __codeio_recheck__():
+    import json, random, sys
+    params = json.loads(__codeio_params__)
+    funcname, inputs = params["funcname"], params["inputs"]
+    deadline = __codeio_real_monotonic__() + params["budget_s"]
+
+    def reseed():
+        random.seed(params["seed"])
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            numpy.random.seed(params["seed"] % (1 << 32))
+
+    def call(solve, kwargs):
+        try:
+            return [True, json.loads(json.dumps(solve(**json.loads(json.dumps(kwargs))), allow_nan=False))]
+        except Exception as exc:
+            return [False, type(exc).__name__]
+
+    results = [None] * len(inputs)
+    reseed()
+    solve = globals().get(funcname)
+    if not callable(solve):
+        raise NameError("the record's code does not define a function `%s`" % funcname)
+    for index in reversed(range(len(inputs))):
+        if __codeio_real_monotonic__() > deadline:
+            break
+        results[index] = {"reversed": call(solve, inputs[index])}
+    code = compile(params["code"], "<record>", "exec")
+    for index, kwargs in enumerate(inputs):
+        if results[index] is None:
+            continue
+        if __codeio_real_monotonic__() > deadline:
+            results[index] = None
+            continue
+        namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        reseed()
+        try:
+            exec(code, namespace)
+            results[index]["alone"] = call(namespace[funcname], kwargs)
+        except Exception as exc:
+            results[index]["alone"] = [False, type(exc).__name__]
+    return results
+'''
