@@ -1,6 +1,8 @@
 """The codeio-jax command, run as a user runs it."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -116,3 +118,30 @@ def test_import_command(tmp_path):
                                   "feedback_1": "", "turn_2": "", "feedback_2": ""}) + "\n")
     done = cli("import", "--in", source, "--out", tmp_path / "examples.jsonl")
     assert done.returncode == 0 and "1 in, 1 rows out, 0 errors" in done.stdout
+
+
+def test_off_a_terminal_long_work_logs_lines_at_an_interval(tmp_path):
+    from codeio_jax.data import ios
+
+    rows = ios.DEFAULT_CORPUS.read_text().splitlines()
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("\n".join(json.dumps({**json.loads(r), "id": f"{json.loads(r)['id']}-{k}"})
+                                for k in range(4) for r in rows) + "\n")
+    done = subprocess.run([sys.executable, "-m", "codeio_jax.cli", "ios", "--in", str(source), "--out",
+                           str(tmp_path / "out.jsonl"), "--workers", "1"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "CODEIO_JAX_PROGRESS_S": "0.2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("records: ")]
+    assert len(lines) >= 2, done.stderr[-2000:]  # stderr is a pipe here: no bar, log lines instead
+    pattern = re.compile(r"records: [\d,]+ of 232 records, [\d,.]+/s, (kept [\d,]+)?.*about .+ left")
+    assert all(pattern.match(line) for line in lines), lines
+    done_counts = [int(re.match(r"records: ([\d,]+)", line).group(1).replace(",", "")) for line in lines]
+    assert done_counts == sorted(done_counts) and done_counts[-1] <= 232
+
+
+def test_the_pipeline_prints_each_stage_as_it_finishes(tmp_path):
+    done = cli("pipeline", "--gin_file", "data/codeio_pp.gin", "--work_dir", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    finished = [line.split(":")[0] for line in done.stderr.splitlines() if "done in" in line]
+    assert finished == ["ios", "prompts", "respond_1", "verify_1", "respond_2", "verify_2", "assemble"]
+    assert "ios: 58 of 58 rows" in done.stderr

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 
@@ -102,20 +105,45 @@ def count(items) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def rows_in(path) -> int | None:
+    """Non-blank lines of a JSONL file (the rows a stage will report), None when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return None
+
+
 def format_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {count}" for name, count in counts.items())
 
 
 class Progress:
-    """A progress bar on stderr with counts by status, tqdm imported only once
-    work has started (so it never delays the first check)."""
+    """Progress on stderr with counts by status: a bar on a terminal (tqdm,
+    imported only once work has started, so it never delays the first check);
+    elsewhere (a TPU VM under nohup, a CI log) a log line every `interval_s`
+    seconds, CODEIO_JAX_PROGRESS_S or 30 by default, with rows done, rows per
+    second, counts by status and, when the total is known, the time left.
+    final_line: also print a last line when closed (a stage of a longer run)."""
 
-    def __init__(self, total, unit, desc=None):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr,
-                        disable=not sys.stderr.isatty(), leave=False)
+    def __init__(self, total, unit, desc=None, final_line: bool = False, interval_s: float | None = None,
+                 stream=None):
+        self.stream = stream or sys.stderr
+        self.total, self.unit, self.desc, self.final_line = total, unit, desc or unit, final_line
         self.counts: dict[str, int] = {}
+        self.done = 0
+        self.started = time.monotonic()
+        self.bar = None
+        self._stop = threading.Event()
+        self._closed = False
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, desc=desc, file=self.stream, leave=False)
+        else:
+            interval = interval_s if interval_s is not None else float(os.environ.get("CODEIO_JAX_PROGRESS_S", 30))
+            threading.Thread(target=self._log_every, args=(interval,), daemon=True,
+                             name=f"progress-{self.desc}").start()
 
     def result(self, result) -> None:
         """Counts a driver Result (one input item)."""
@@ -123,11 +151,51 @@ class Progress:
 
     def count(self, status: str, n: int) -> None:
         self.counts[status] = self.counts.get(status, 0) + n
-        self.bar.set_postfix_str(format_counts(self.counts), refresh=False)
-        self.bar.update(n)
+        self.done += n
+        if self.bar is not None:
+            self.bar.set_postfix_str(format_counts(self.counts), refresh=False)
+            self.bar.update(n)
+
+    def line(self, finished: bool = False) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        done, rate = self.done, self.done / elapsed
+        parts = [f"{self.desc}: {done:,}" + (f" of {self.total:,}" if self.total else "") + f" {self.unit}",
+                 f"{rate:,.1f}/s"]
+        if self.counts:
+            parts.append(format_counts(dict(self.counts)))
+        if finished:
+            parts.append(f"done in {_duration(elapsed)}")
+        elif self.total and rate > 0:
+            parts.append(f"about {_duration(max(self.total - done, 0) / rate)} left")
+        else:
+            parts.append(f"{_duration(elapsed)} so far")
+        return ", ".join(parts)
+
+    def _log_every(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            print(self.line(), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self.bar is not None:
+            self.bar.close()
+        if self.final_line:
+            print(self.line(finished=True), file=self.stream, flush=True)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.bar.close()
+        self.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

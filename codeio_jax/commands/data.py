@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from codeio_jax.commands.common import (CommandError, Progress, errors_path, gin_flags, io_flags, parse_gin_flags,
-                                        print_stage, sandbox_flags, sandbox_for)
+                                        print_stage, rows_in, sandbox_flags, sandbox_for)
 
 
 def add_commands(sub) -> None:
@@ -108,19 +108,22 @@ def _pipeline(args) -> int:
         return 0
     if args.beam_args:
         raise CommandError(f"unrecognized arguments: {' '.join(args.beam_args)} (Beam flags need --engine beam)")
-    bars: dict[str, Progress] = {}
+    bars: list[Progress] = []
 
-    def progress(stage):
-        bars[stage] = Progress(None, "rows", desc=stage)
-        return lambda result: bars[stage].count("ok" if result.ok else "error", 1)
+    def progress(stage, total=None):
+        # A stage starts when the one before it has finished: that one's line goes out now.
+        if bars:
+            bars[-1].close()
+        bars.append(Progress(total, "rows", desc=stage, final_line=True))
+        return lambda result, bar=bars[-1]: bar.count("ok" if result.ok else "error", 1)
 
     try:
         report = pipeline.run_pipeline(progress=progress)
     except pipeline.PipelineError as exc:
         raise CommandError(str(exc)) from None
     finally:
-        for bar in bars.values():
-            bar.bar.close()
+        for bar in bars:
+            bar.close()
     total = sum(stage.seconds for stage in report.stages) or 1.0
     print(f"pipeline: {report.work_dir}")
     for stage in report.stages:
@@ -163,7 +166,7 @@ def _prompts(args) -> int:
     errors = errors_path(args)
     if args.per_task < 0:
         raise CommandError(f"--per-task must be 0 or more, got {args.per_task}")
-    with Progress(None, "records") as bar:
+    with Progress(rows_in(args.inp), "records") as bar:
         summary = stages.prompts_file(args.inp, args.out, errors, seed=args.seed, per_task=args.per_task,
                                       on_result=bar.result)
     print_stage("prompts", summary, args.out, errors)
@@ -178,7 +181,7 @@ def _respond(args) -> int:
         raise CommandError(f"--turn must be 1 or more, got {args.turn}")
     spec = _teacher_spec(args)
     with sandbox_for(args) as sandbox, spec.build(sandbox, args.out.parent / "teacher_cache") as responder, \
-            Progress(None, "rows") as bar:
+            Progress(rows_in(args.inp), "rows") as bar:
         summary = stages.respond_file(args.inp, args.out, errors, responder, args.turn, repr(spec),
                                       on_result=bar.result)
     print_stage(f"respond (turn {args.turn})", summary, args.out, errors)
@@ -193,7 +196,7 @@ def _transform(args) -> int:
     errors = errors_path(args)
     spec = _teacher_spec(args)
     responder = spec.build(None, args.out.parent / "teacher_cache")
-    with responder, Progress(None, "files") as bar:
+    with responder, Progress(rows_in(args.inp), "files") as bar:
         summary = stages.transform_file(args.inp, args.out, errors, responder.teacher, repr(spec),
                                         on_result=bar.result)
     print_stage("transform", summary, args.out, errors)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from codeio_jax.commands.common import (CommandError, Progress, count, errors_path, format_counts, print_stage,
-                                        read_json, sandbox_flags, sandbox_for, write_json)
+                                        read_json, rows_in, sandbox_flags, sandbox_for, write_json)
 
 
 def add_commands(sub) -> None:
@@ -103,7 +103,7 @@ def _ios(args) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     with sandbox_for(args) as sandbox, sandbox_for(args, recheck=True) if args.determinism else \
-            contextlib.nullcontext() as recheck, Progress(None, "records") as bar:
+            contextlib.nullcontext() as recheck, Progress(rows_in(source), "records") as bar:
         summary = ios_stage.run_file(source, args.out, errors_path, sandbox, settings,
                                      on_record=lambda status: bar.count(status, 1), recheck=recheck)
     print(f"ios: {summary.records} records in, {summary.kept} with pairs, "
@@ -123,7 +123,7 @@ def _verify(args) -> int:
         from codeio_jax.data import stages
 
         errors = errors_path(args)
-        with sandbox_for(args) as sandbox, Progress(None, "rows") as bar:
+        with sandbox_for(args) as sandbox, Progress(rows_in(args.inp), "rows") as bar:
             summary = stages.verify_file(args.inp, args.out, errors, sandbox,
                                          reveal_expected=args.reveal_expected, on_result=bar.result)
         print_stage("verify", summary, args.out, errors)

@@ -122,7 +122,8 @@ class PipelineReport:
         return next(report for report in self.stages if report.name == name)
 
 
-Progress = Callable[[str], Callable[[Result], None] | None]
+# progress(stage name, input rows): a callback for each input row's Result, or None.
+Progress = Callable[[str, int], Callable[[Result], None] | None]
 
 
 @gin.configurable
@@ -169,7 +170,7 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
         started = time.perf_counter()
         errors = dest.with_name(dest.stem + ".errors.jsonl")
         summary = run(source, dest, errors, *args, **kwargs,
-                      on_result=progress(name) if progress else None)
+                      on_result=progress(name, _count_lines(source)) if progress else None)
         reports.append(StageReport(name, summary, time.perf_counter() - started))
         return dest
 
@@ -259,6 +260,12 @@ def _ios_file(source, dest, errors_dest, sandbox, settings, recheck, on_result=N
     found = ios.run_file(source, dest, errors_dest, sandbox, settings, on_record=report, recheck=recheck)
     return Summary(items=found.records, ok=found.kept, errors=found.errors, resumed_at=found.resumed_at,
                    already_done=found.already_done)
+
+
+def _count_lines(path: Path) -> int:
+    """Rows a stage will report (every line, blank ones too, ends as a row or an error)."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _kind_of(source: Path) -> str:
