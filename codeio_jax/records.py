@@ -12,11 +12,14 @@ Reading never stops at a bad line: each line comes back as a record or as a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
+import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 OUTPUT_PREDICTION = "output_prediction"
 INPUT_PREDICTION = "input_prediction"
@@ -166,14 +169,27 @@ def read_unified_numbered(path: str | Path) -> Iterator[tuple[int, UnifiedRecord
             yield number, LineError(number, str(exc), row.get("id") if isinstance(row, dict) else None)
 
 
+@contextlib.contextmanager
+def open_atomic(path: str | Path) -> Iterator[IO[str]]:
+    """A text file to write that appears at `path` whole or not at all: written
+    under a temporary name beside it (unique to this process and thread, so
+    concurrent writers never share one), renamed over `path` when the block ends
+    without an exception, removed when it raises."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     """Write rows atomically (a reader never sees half a file); returns the count."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_atomic(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
             count += 1
-    tmp.replace(path)
     return count

@@ -92,10 +92,10 @@ def read_json(path: Path):
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", encoding="utf-8") as f:
+    from codeio_jax.records import open_atomic
+
+    with open_atomic(path) as f:
         json.dump(obj, f)
-    tmp.replace(path)
 
 
 def count(items) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """Every stage in order over a work folder, configured by gin (gin/data/*.gin).
 
-    <source> --transform--> unified.jsonl --ios--> with_ios.jsonl --prompts-->
-    prompts.jsonl --respond_1--> responses_1.jsonl --verify_1--> verdicts_1.jsonl
+    <source> --transform--> unified.jsonl --ios--> with_ios.jsonl --decontaminate-->
+    decontaminated.jsonl --prompts--> prompts.jsonl --respond_1--> responses_1.jsonl --verify_1--> verdicts_1.jsonl
     [--respond_k--> responses_k.jsonl --verify_k--> verdicts_k.jsonl, per round]
     --assemble--> examples.jsonl --write--> tfrecords/codeio_examples.tfrecord-*-of-*
 
@@ -25,11 +25,11 @@ from typing import Any, Callable, Sequence
 import gin
 
 from codeio_jax.data.determinism import recheck_sandbox
-from codeio_jax.data import ios, stages
+from codeio_jax.data import decontaminate, ios, stages
 from codeio_jax.data.driver import Result, Summary
 from codeio_jax.data.respond import ChatResponder, Responder, TraceResponder
 from codeio_jax.execution import Limits, Sandbox, SandboxConfig
-from codeio_jax.records import LineError, read_jsonl
+from codeio_jax.records import LineError, open_atomic, read_jsonl
 from codeio_jax.teachers.trace_render import MAX_CHARS
 
 
@@ -38,6 +38,17 @@ EXAMPLES_NAME = "codeio_examples"  # the shard prefix the SeqIO tasks read (task
 
 class PipelineError(ValueError):
     """A pipeline that cannot run as configured; says what to change."""
+
+
+# A benchmark to keep out of the data: `@Benchmark()` in gin, scoped for several
+# (`humaneval/Benchmark.path = ...`, `humaneval/Benchmark.code_field = "prompt"`).
+gin.external_configurable(decontaminate.Benchmark, "Benchmark")
+
+
+def _cruxeval() -> tuple:
+    from codeio_jax.verify.cruxeval import DEFAULT_DATA
+
+    return (decontaminate.Benchmark(str(DEFAULT_DATA), "cruxeval"),)
 
 
 @gin.configurable
@@ -130,6 +141,7 @@ Progress = Callable[[str, int], Callable[[Result], None] | None]
 def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None = None,
                  start: str = "auto", seed: int = 0, max_calls: int = 1000, max_pairs: int = 10,
                  ios_timeout_s: float = 20.0, determinism: bool = True, deterministic_min_pairs: int = 2,
+                 decontaminate_against: Sequence[Any] | None = None, decontaminate_n: int = decontaminate.DEFAULT_N,
                  per_task: int = 3, rounds: int = 1,
                  turn_teachers: Sequence[Any] = (TraceTeacherSpec(),), transform_teacher: Any = None,
                  reveal_expected: bool = False, shards: int = 4, workers: int | None = None,
@@ -141,6 +153,11 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
     determinism: rerun every kept pair in another world (data/determinism.py)
       and keep those that held; a record where one changed needs
       `deterministic_min_pairs` that held, else it is an error row.
+    decontaminate_against: benchmarks (`Benchmark`s, or paths of JSONL files with
+      a `code` field) whose programs the records' code must not overlap
+      (data/decontaminate.py; spans of `decontaminate_n` tokens); None:
+      CRUXEval's 800; empty: no such stage. The hits per benchmark go to
+      `decontamination.json` in the work folder.
     rounds: revision rounds after the first turn (CodeI/O: 0; CodeI/O++: 1).
     turn_teachers: who answers turn 1, 2, ...; the last one answers every later turn.
     transform_teacher: a chat teacher for raw code; the trace teacher cannot transform.
@@ -161,6 +178,14 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
         raise PipelineError("the source is raw code, which only a model can transform: set "
                             "run_pipeline.transform_teacher = @ChatTeacherSpec() (the trace teacher "
                             "needs unified records), or start from unified records")
+    benchmarks = _cruxeval() if decontaminate_against is None else tuple(
+        item if isinstance(item, decontaminate.Benchmark) else decontaminate.Benchmark(str(item))
+        for item in decontaminate_against)
+    try:
+        index = decontaminate.build_index(benchmarks, decontaminate_n) if benchmarks else None
+    except ValueError as exc:  # BenchmarkError, a bad n
+        raise PipelineError(f"decontamination: {exc}; set run_pipeline.decontaminate_against "
+                            "(an empty list turns the stage off)") from None
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "teacher_cache"
@@ -191,6 +216,11 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
         except ValueError as exc:
             raise PipelineError(str(exc)) from None
         current = step("ios", _ios_file, current, work / "with_ios.jsonl", sandbox, settings, recheck)
+        if index is not None:
+            current = step("decontaminate", stages.decontaminate_file, current, work / "decontaminated.jsonl", index)
+            errors = stages.read_rows(work / "decontaminated.errors.jsonl")
+            with open_atomic(work / "decontamination.json") as f:
+                f.write(json.dumps(decontaminate.summarize(errors, index), indent=1, sort_keys=True) + "\n")
         current = step("prompts", stages.prompts_file, current, work / "prompts.jsonl",
                        seed=seed, per_task=per_task)
         for turn in range(1, rounds + 2):

@@ -170,6 +170,34 @@ def verify_file(source, dest, errors_dest, sandbox: Sandbox, reveal_expected: bo
                      chunk, on_result)
 
 
+def decontaminate_file(source, dest, errors_dest, index, on_result: OnResult = None) -> Summary:
+    """Records whose code overlaps no benchmark program (data/decontaminate.py);
+    the others become error rows naming the benchmark item and the shared span."""
+    from codeio_jax.data import decontaminate
+
+    def process(lines):
+        results = []
+        for line, row in lines:
+            code = row.get("refcode") if isinstance(row, dict) else None
+            if not isinstance(code, str):
+                results.append(error(decontaminate.STAGE, line, row, "no `refcode` text to check"))
+                continue
+            try:
+                hit = index.check(code)
+            except decontaminate.CodeTokenError as exc:
+                results.append(error(decontaminate.STAGE, line, row, str(exc)))
+                continue
+            if hit is None:
+                results.append(Result.one(True, row))
+            else:
+                results.append(error(decontaminate.STAGE, line, row, hit.reason(index.n), benchmark=hit.benchmark,
+                                     benchmark_item=hit.item, match=hit.match, span=hit.span))
+        return results
+
+    return run_stage(source, dest, errors_dest, decontaminate.STAGE, {"index": index.fingerprint}, process,
+                     on_result=on_result)
+
+
 def assemble_file(source, dest, errors_dest, on_result: OnResult = None) -> Summary:
     def process(lines):
         results = []

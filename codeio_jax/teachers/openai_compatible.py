@@ -23,6 +23,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Sequence
 
+from codeio_jax.records import open_atomic
 from codeio_jax.teachers.base import Message, Reply, Usage
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
@@ -55,9 +56,8 @@ class ResponseCache:
     def put(self, key: str, entry: dict) -> None:
         folder = self.root / key[:2]
         folder.mkdir(exist_ok=True)
-        tmp = folder / f"{key}.{os.getpid()}.{threading.get_ident()}.partial"
-        tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(folder / f"{key}.json")
+        with open_atomic(folder / f"{key}.json") as f:
+            f.write(json.dumps(entry, ensure_ascii=False))
 
 
 class OpenAICompatibleTeacher:
