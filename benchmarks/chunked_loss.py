@@ -1,14 +1,18 @@
-"""The chunked loss against the whole-sequence loss on the SmolLM2-135M shape
-(vocabulary 49,152), float32 train step (codeio_jax/training/step.py, AdamW), CPU.
+"""The chunked loss and the CPU scheduler against today's step on the SmolLM2-135M
+shape (vocabulary 49,152), float32 train step (codeio_jax/training/step.py, AdamW
+with clipping), CPU.
 
-Two measurements, each against its baseline in the same run:
-  1. run: peak resident memory and tokens/s of the jitted step, each configuration
-     in a fresh process (peak RSS is a process's high-water mark), at batch 2 x 512
-     without remat: loss_chunk_length 0 (the [batch, length, vocab] logits at once)
-     against 512;
-  2. compiled only: XLA's memory analysis of the same step (per-device total: what
-     the compiled program allocates) at 2 x 512 and at 4 x 1024 with full remat,
-     both losses; shapes this machine cannot run are still compiled.
+Two measurements, each configuration in a fresh process (peak RSS is a process's
+high-water mark, and XLA's flags are read when its CPU backend starts):
+  1. run: peak resident memory and tokens/s of the jitted step. The baseline is
+     the step before this work: batch 2 x 512, no remat, the whole-sequence loss
+     (the [batch, length, vocab] logits at once), XLA:CPU's default concurrency
+     scheduler. Against it: the chunked loss (128 positions at a time at 2 x 512, 256 at 4 x 1024) with the
+     memory-minimising scheduler `codeio-jax train` asks for
+     (training/hardware.py), at 2 x 512 and at 4 x 1024 with full remat;
+  2. compiled only: XLA's memory analysis of the same steps (per-device total:
+     what the compiled program allocates), both schedulers, both losses; shapes
+     this machine cannot run are still compiled.
 
 Run: .venv/bin/python benchmarks/chunked_loss.py [--steps 2]
 """
@@ -22,12 +26,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
-# The compiled-only part runs in this process, on the CPU (and without libtpu's host probe).
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 CHILD = r"""
-import functools, json, resource, sys, time
+import functools, json, os, resource, sys, time
 sys.path.insert(0, {root!r})
+from codeio_jax.training import hardware
+if {scheduler!r} == "memory":
+    hardware.prefer_memory_scheduler_on_cpu()
 import jax
 from codeio_jax.models.decoder import Decoder
 from codeio_jax.models.presets import preset
@@ -37,10 +42,17 @@ from codeio_jax.training.step import init_state, train_step
 
 config = preset("smollm2_135m").replace(remat={remat!r})
 tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=0), 100)
-state = init_state(config, tx, 0)
 step = jax.jit(functools.partial(train_step, model=Decoder(config), optimizer=tx, schedule=schedule,
                                  loss_chunk_length={chunk}), donate_argnums=0)
 data = SyntheticInput(config.vocab_size, {length}, {batch})
+if {compile_only!r}:
+    state = jax.eval_shape(lambda: init_state(config, tx, 0))
+    analysis = step.lower(state, next(data)).compile().memory_analysis()
+    print(json.dumps({{"total": analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                                - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes
+                                + analysis.generated_code_size_in_bytes}}))
+    sys.exit(0)
+state = init_state(config, tx, 0)
 state, metrics = step(state, next(data))
 jax.block_until_ready(metrics)
 times = []
@@ -54,33 +66,23 @@ times.sort()
 print(json.dumps({{"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                    "step_s": times[len(times) // 2], "loss": float(metrics["loss"])}}))
 """
+# The scheduler XLA:CPU picks by default, named explicitly so a user's XLA_FLAGS cannot change the baseline.
+DEFAULT_SCHEDULER = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
 
 
-def run(chunk, remat, batch, length, steps):
-    code = CHILD.format(root=str(ROOT), chunk=chunk, remat=remat, batch=batch, length=length, steps=steps)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={"JAX_PLATFORMS": "cpu", "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+def child(chunk, remat, batch, length, scheduler, steps=2, compile_only=False) -> dict:
+    code = CHILD.format(root=str(ROOT), chunk=chunk, remat=remat, batch=batch, length=length, steps=steps,
+                        scheduler=scheduler, compile_only=compile_only)
+    env = {"JAX_PLATFORMS": "cpu", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "XLA_FLAGS": DEFAULT_SCHEDULER if scheduler == "default" else ""}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if done.returncode:
-        raise SystemExit(f"chunk {chunk} remat {remat} batch {batch} x {length} failed (exit {done.returncode}):\n"
-                         f"{done.stderr[-3000:]}")
+        raise SystemExit(f"chunk {chunk} remat {remat} batch {batch} x {length} scheduler {scheduler} failed "
+                         f"(exit {done.returncode}):\n{done.stderr[-3000:]}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
-    row["tokens_per_s"] = batch * length / row["step_s"]
+    if not compile_only:
+        row["tokens_per_s"] = batch * length / row["step_s"]
     return row
-
-
-def compiled_total(chunk, remat, batch, length) -> int:
-    """XLA's per-device total for the step (codeio_jax/training/compile_check.py on one CPU device)."""
-    sys.path.insert(0, str(ROOT))
-    from codeio_jax.models.presets import preset
-    from codeio_jax.training import hardware
-    from codeio_jax.training.compile_check import compile_for
-    from codeio_jax.training.optimizer import OptimizerConfig
-    from codeio_jax.training.partitioning import MeshConfig
-
-    report = compile_for(hardware.parse_topology("cpu:1"), preset("smollm2_135m"), MeshConfig(), OptimizerConfig(),
-                         100, batch, length, compute_dtype="float32", remat=remat, attention_impl="xla",
-                         loss_chunk_length=chunk)
-    return report.per_chip_bytes["total"]
 
 
 def main():
@@ -88,26 +90,36 @@ def main():
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()
     print("SmolLM2-135M shape (vocabulary 49,152), float32 train step on CPU\n")
+    # A chunk shorter than the sequence (a chunk as long as it is the whole-sequence loss).
+    runs = [("before", 0, "none", 2, 512, "default"), ("chunked", 128, "none", 2, 512, "memory"),
+            ("after", 256, "full", 4, 1024, "memory")]
     measured = {}
-    for chunk in (0, 512):
-        measured[chunk] = row = run(chunk, "none", 2, 512, args.steps)
-        print(f"  ran chunk {chunk}: peak {row['peak_rss'] / GIB:.2f} GiB, {row['tokens_per_s']:.0f} tokens/s",
+    for name, chunk, remat, batch, length, scheduler in runs:
+        measured[name] = row = child(chunk, remat, batch, length, scheduler, args.steps)
+        print(f"  ran {name}: peak {row['peak_rss'] / GIB:.2f} GiB, {row['tokens_per_s']:.0f} tokens/s",
               file=sys.stderr, flush=True)
-    print("| 2 x 512, no remat, run | loss chunk | peak resident | tokens/s | loss |")
-    print("|---|---|---|---|---|")
-    for chunk, row in measured.items():
-        print(f"| | {chunk or 'whole'} | {row['peak_rss'] / GIB:.2f} GiB | {row['tokens_per_s']:,.0f} | "
-              f"{row['loss']:.6f} |")
-    whole, chunked = measured[0], measured[512]
-    print(f"\nchunked / whole: peak {chunked['peak_rss'] / whole['peak_rss']:.2f}x, tokens/s "
-          f"{chunked['tokens_per_s'] / whole['tokens_per_s']:.2f}x, loss difference "
-          f"{abs(chunked['loss'] - whole['loss']):.1e}\n")
-    print("| compiled only (XLA's memory analysis) | remat | whole loss | chunked 512 | chunked / whole |")
-    print("|---|---|---|---|---|")
-    for remat, batch, length in (("none", 2, 512), ("full", 4, 1024)):
-        totals = [compiled_total(chunk, remat, batch, length) for chunk in (0, 512)]
-        print(f"| {batch} x {length} | {remat} | {totals[0] / GIB:.2f} GiB | {totals[1] / GIB:.2f} GiB | "
-              f"{totals[1] / totals[0]:.2f}x |", flush=True)
+    print("| run | batch | remat | loss chunk | scheduler | peak resident | tokens/s | loss |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, chunk, remat, batch, length, scheduler in runs:
+        row = measured[name]
+        print(f"| {name} | {batch} x {length} | {remat} | {chunk or 'whole'} | {scheduler} | "
+              f"{row['peak_rss'] / GIB:.2f} GiB | {row['tokens_per_s']:,.0f} | {row['loss']:.6f} |")
+    before = measured["before"]
+    for name in ("chunked", "after"):
+        row = measured[name]
+        print(f"{name} / before: peak {row['peak_rss'] / before['peak_rss']:.2f}x, tokens/s "
+              f"{row['tokens_per_s'] / before['tokens_per_s']:.2f}x")
+    print(f"loss difference, chunked against before (same batch): "
+          f"{abs(measured['chunked']['loss'] - before['loss']):.1e}\n")
+    print("| compiled only (XLA's memory analysis) | remat | scheduler | whole loss | chunked | chunked / whole |")
+    print("|---|---|---|---|---|---|")
+    for remat, batch, length, chunk in (("none", 2, 512, 128), ("full", 4, 1024, 256)):
+        for scheduler in ("default", "memory"):
+            totals = [child(c, remat, batch, length, scheduler, compile_only=True)["total"] for c in (0, chunk)]
+            print(f"| {batch} x {length} | {remat} | {scheduler} | {totals[0] / GIB:.2f} GiB | "
+                  f"{totals[1] / GIB:.2f} GiB ({chunk}) | {totals[1] / totals[0]:.2f}x |", flush=True)
+    print("\nscheduler: default is XLA:CPU's concurrency-optimised one; memory is "
+          "--xla_cpu_enable_concurrency_optimized_scheduler=false, which codeio-jax train sets on a CPU host.")
 
 
 if __name__ == "__main__":

@@ -40,9 +40,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from codeio_jax.data import ios, predictions, stages
+from codeio_jax.data import decontaminate, ios, predictions, stages
 from codeio_jax.data.determinism import recheck_sandbox
-from codeio_jax.data.pipeline import PipelineError, TraceTeacherSpec
+from codeio_jax.data.pipeline import PipelineError, TraceTeacherSpec, benchmarks_of
 from codeio_jax.execution import Sandbox, SandboxConfig
 from codeio_jax.records import LineError, RecordError, UnifiedRecord
 
@@ -141,6 +141,25 @@ class _IOs(_SandboxDoFn):
                 yield TaggedOutput(ERRORS, ((line, RECORD), found.to_dict()))
 
 
+class _Decontaminate(beam.DoFn):
+    """The decontaminate stage; each worker builds the benchmark index once."""
+
+    def __init__(self, benchmarks: tuple, n: int):
+        self._benchmarks, self._n = benchmarks, n
+        self._index = None
+
+    def setup(self) -> None:
+        self._index = decontaminate.build_index(self._benchmarks, self._n)
+
+    def process(self, item: tuple[int, dict]) -> Iterator[Any]:
+        line, row = item
+        result = stages.decontaminated(line, row, self._index)
+        if result.ok:
+            yield line, row
+        else:
+            yield TaggedOutput(ERRORS, ((line, RECORD), result.rows[0]))
+
+
 class _Prompts(beam.DoFn):
     """A record with pairs to its prediction rows, keyed (line, index) in the
     order prompt_rows gives them: the order of the local prompts.jsonl."""
@@ -234,7 +253,8 @@ def _in_order(rows: Iterable[tuple[Key, dict]]) -> list[dict]:
 @gin.configurable
 def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0, max_calls: int = 1000,
                       max_pairs: int = 10, ios_timeout_s: float = 20.0, determinism: bool = True,
-                      deterministic_min_pairs: int = 2, per_task: int = 3,
+                      deterministic_min_pairs: int = 2, decontaminate_against: Sequence[Any] | None = None,
+                      decontaminate_n: int = decontaminate.DEFAULT_N, per_task: int = 3,
                       rounds: int = 1, turn_teachers: Sequence[Any] = (TraceTeacherSpec(),),
                       reveal_expected: bool = False, sandbox_workers: int = 1,
                       python: str | None = None, batch_size: int = 64, cache_dir: str | None = None,
@@ -260,6 +280,12 @@ def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0,
                                   determinism=determinism, deterministic_min_pairs=deterministic_min_pairs)
     except ValueError as exc:
         raise PipelineError(str(exc)) from None
+    benchmarks = benchmarks_of(decontaminate_against)
+    if benchmarks:
+        try:  # on the launcher too: a missing or useless benchmark fails here, not on a worker
+            decontaminate.build_index(benchmarks, decontaminate_n)
+        except ValueError as exc:
+            raise PipelineError(f"decontamination: {exc}") from None
     config = SandboxConfig(workers=sandbox_workers, **({"python": python} if python else {}))
     config.worker_count()  # a bad count fails here, not on a worker
     if not FileSystems.exists(out_dir):
@@ -283,7 +309,13 @@ def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0,
     found = batched("IOs", parsed.records) | "IOs" >> beam.ParDo(_IOs(config, settings)).with_outputs(
         ERRORS, main="rows")
     errors.append(found[ERRORS])
-    prompted = found.rows | "Prompts" >> beam.ParDo(_Prompts(seed, per_task)).with_outputs(
+    records = found.rows
+    if benchmarks:
+        clean = records | "Decontaminate" >> beam.ParDo(_Decontaminate(benchmarks, decontaminate_n)).with_outputs(
+            ERRORS, main="rows")
+        errors.append(clean[ERRORS])
+        records = clean.rows
+    prompted = records | "Prompts" >> beam.ParDo(_Prompts(seed, per_task)).with_outputs(
         ERRORS, main="rows")
     errors.append(prompted[ERRORS])
     rows = prompted.rows
@@ -317,7 +349,8 @@ def _counter(result: PipelineResult, name: str) -> int:
 # run_pipeline's settings that mean the same here; `workers` (the local pool's
 # slots) has no counterpart: the runner's parallelism times sandbox_workers.
 SHARED_SETTINGS = ("source", "seed", "max_calls", "max_pairs", "ios_timeout_s", "determinism",
-                   "deterministic_min_pairs", "per_task", "rounds", "turn_teachers", "reveal_expected", "python")
+                   "deterministic_min_pairs", "decontaminate_against", "decontaminate_n", "per_task", "rounds",
+                   "turn_teachers", "reveal_expected", "python")
 
 
 def run_configured(work_dir: str | Path, beam_args: Sequence[str] = ()) -> dict:

@@ -213,20 +213,24 @@ def _span_digests(tokens: list[str], n: int) -> Iterator[tuple[int, bytes]]:
 
 
 class _Renamer(ast.NodeTransformer):
-    """Identifiers to v0, v1, ... by first appearance; builtins kept; docstrings dropped."""
+    """Identifiers to v0, v1, ... by first appearance; builtins kept unless taken
+    as an argument; docstrings dropped."""
 
     def __init__(self):
         self.names: dict[str, str] = {}
 
-    def rename(self, name: str) -> str:
-        return name if name in _KEPT_NAMES else self.names.setdefault(name, f"v{len(self.names)}")
+    def rename(self, name: str, bound: bool = False) -> str:
+        # A builtin's name taken as an argument (`def f(str):`) is a local like any other.
+        if name in _KEPT_NAMES and not bound and name not in self.names:
+            return name
+        return self.names.setdefault(name, f"v{len(self.names)}")
 
     def visit_Name(self, node):
         node.id = self.rename(node.id)
         return node
 
     def visit_arg(self, node):
-        node.arg = self.rename(node.arg)
+        node.arg = self.rename(node.arg, bound=True)
         node.annotation = None
         return node
 

@@ -45,10 +45,15 @@ class PipelineError(ValueError):
 gin.external_configurable(decontaminate.Benchmark, "Benchmark")
 
 
-def _cruxeval() -> tuple:
-    from codeio_jax.verify.cruxeval import DEFAULT_DATA
+def benchmarks_of(decontaminate_against: Sequence[Any] | None) -> tuple:
+    """The Benchmarks a setting names: None is CRUXEval's 800, a path is a JSONL
+    file with a `code` field."""
+    if decontaminate_against is None:
+        from codeio_jax.verify.cruxeval import DEFAULT_DATA
 
-    return (decontaminate.Benchmark(str(DEFAULT_DATA), "cruxeval"),)
+        return (decontaminate.Benchmark(str(DEFAULT_DATA), "cruxeval"),)
+    return tuple(item if isinstance(item, decontaminate.Benchmark) else decontaminate.Benchmark(str(item))
+                 for item in decontaminate_against)
 
 
 @gin.configurable
@@ -178,9 +183,7 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
         raise PipelineError("the source is raw code, which only a model can transform: set "
                             "run_pipeline.transform_teacher = @ChatTeacherSpec() (the trace teacher "
                             "needs unified records), or start from unified records")
-    benchmarks = _cruxeval() if decontaminate_against is None else tuple(
-        item if isinstance(item, decontaminate.Benchmark) else decontaminate.Benchmark(str(item))
-        for item in decontaminate_against)
+    benchmarks = benchmarks_of(decontaminate_against)
     try:
         index = decontaminate.build_index(benchmarks, decontaminate_n) if benchmarks else None
     except ValueError as exc:  # BenchmarkError, a bad n

@@ -176,26 +176,27 @@ def decontaminate_file(source, dest, errors_dest, index, on_result: OnResult = N
     from codeio_jax.data import decontaminate
 
     def process(lines):
-        results = []
-        for line, row in lines:
-            code = row.get("refcode") if isinstance(row, dict) else None
-            if not isinstance(code, str):
-                results.append(error(decontaminate.STAGE, line, row, "no `refcode` text to check"))
-                continue
-            try:
-                hit = index.check(code)
-            except decontaminate.CodeTokenError as exc:
-                results.append(error(decontaminate.STAGE, line, row, str(exc)))
-                continue
-            if hit is None:
-                results.append(Result.one(True, row))
-            else:
-                results.append(error(decontaminate.STAGE, line, row, hit.reason(index.n), benchmark=hit.benchmark,
-                                     benchmark_item=hit.item, match=hit.match, span=hit.span))
-        return results
+        return [decontaminated(line, row, index) for line, row in lines]
 
     return run_stage(source, dest, errors_dest, decontaminate.STAGE, {"index": index.fingerprint}, process,
                      on_result=on_result)
+
+
+def decontaminated(line: int, row: Any, index) -> Result:
+    """One record through the decontamination index: itself, or its error row."""
+    from codeio_jax.data import decontaminate
+
+    code = row.get("refcode") if isinstance(row, dict) else None
+    if not isinstance(code, str):
+        return error(decontaminate.STAGE, line, row, "no `refcode` text to check")
+    try:
+        hit = index.check(code)
+    except decontaminate.CodeTokenError as exc:
+        return error(decontaminate.STAGE, line, row, str(exc))
+    if hit is None:
+        return Result.one(True, row)
+    return error(decontaminate.STAGE, line, row, hit.reason(index.n), benchmark=hit.benchmark,
+                 benchmark_item=hit.item, match=hit.match, span=hit.span)
 
 
 def assemble_file(source, dest, errors_dest, on_result: OnResult = None) -> Summary:

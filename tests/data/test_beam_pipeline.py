@@ -9,6 +9,7 @@ import pytest
 from codeio_jax.data.beam_pipeline import run_beam_pipeline
 from codeio_jax.data.ios import DEFAULT_CORPUS
 from codeio_jax.data.pipeline import ChatTeacherSpec, PipelineError, TraceTeacherSpec, run_pipeline
+from tests.conftest import shared_data
 from tests.teachers.chat_server import ChatServer
 
 SETTINGS = dict(per_task=2, rounds=1)
@@ -33,12 +34,18 @@ def both(tmp_path, source, beam_args=(), **settings):
 
 def test_direct_runner_output_equals_the_local_driver(tmp_path):
     source = tmp_path / "corpus.jsonl"
-    source.write_text("".join(corpus_lines(12)))
+    # One more record carries a CRUXEval program (sample_5) beside its own code: decontamination drops it.
+    row = json.loads(corpus_lines(13)[-1])
+    crux = next(json.loads(line) for line in shared_data("cruxeval/cruxeval.jsonl").read_text().splitlines()
+                if json.loads(line)["id"] == "sample_5")
+    contaminated = json.dumps({**row, "id": "contaminated", "refcode": crux["code"] + "\n\n" + row["refcode"]})
+    source.write_text("".join(corpus_lines(12)) + contaminated + "\n")
     local, counts, beam = both(tmp_path, source)
     expected = (local / "examples.jsonl").read_bytes()
     assert (beam / "examples.jsonl").read_bytes() == expected
-    assert counts == {"records": 12, "examples": 12 * 4, "errors": 0}
-    assert (beam / "errors.jsonl").read_bytes() == b""
+    assert counts == {"records": 13, "examples": 12 * 4, "errors": 1}
+    (dropped,) = read(beam / "errors.jsonl")
+    assert dropped["id"] == "contaminated" and dropped["benchmark_item"] == "sample_5"
 
 
 def test_bad_lines_become_error_rows_and_the_rest_flows(tmp_path):

@@ -33,7 +33,7 @@ class Rename(ast.NodeTransformer):
         return self.names.setdefault(name, f"renamed_{len(self.names)}")
 
     def visit_Name(self, node):
-        if node.id not in dir(builtins) or node.id == "_":
+        if node.id not in dir(builtins) or node.id == "_" or node.id in self.names:
             node.id = self.new(node.id)
         return node
 
