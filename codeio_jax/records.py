@@ -169,6 +169,23 @@ def read_unified_numbered(path: str | Path) -> Iterator[tuple[int, UnifiedRecord
             yield number, LineError(number, str(exc), row.get("id") if isinstance(row, dict) else None)
 
 
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """One prediction prompt (data/prompts.py makes them, teachers answer them):
+    which record and pair it asks about, and the chat as role/content messages."""
+
+    record_id: str
+    task: str
+    pair_index: int
+    messages: tuple[dict[str, str], ...]
+    input: dict
+    output: Any
+
+    def to_dict(self) -> dict:
+        return {"record_id": self.record_id, "task": self.task, "pair_index": self.pair_index,
+                "messages": list(self.messages), "input": self.input, "output": self.output}
+
+
 @contextlib.contextmanager
 def open_atomic(path: str | Path) -> Iterator[IO[str]]:
     """A text file to write that appears at `path` whole or not at all: written

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from codeio_jax.data.prompts import Prompt, prediction_prompts, revision_messages
+from codeio_jax.data.prompts import prediction_prompts, revision_messages
 from codeio_jax.execution import Sandbox
-from codeio_jax.records import INPUT_PREDICTION, OUTPUT_PREDICTION, RecordError, UnifiedRecord
+from codeio_jax.records import INPUT_PREDICTION, OUTPUT_PREDICTION, Prompt, RecordError, UnifiedRecord
 from codeio_jax.teachers.base import Reply
 from codeio_jax.verify.verdicts import (InputPrediction, Verdict, verify_input_predictions,
                                         verify_output_prediction)

@@ -17,14 +17,13 @@ chat model and the OpenAI-compatible API take.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import hashlib
 import json
 import random
 import re
 from typing import Any
 
-from codeio_jax.records import INPUT_PREDICTION, OUTPUT_PREDICTION, UnifiedRecord
+from codeio_jax.records import INPUT_PREDICTION, OUTPUT_PREDICTION, Prompt, UnifiedRecord
 
 Message = dict[str, str]
 
@@ -110,22 +109,6 @@ ending with the JSON object in the same form as before."""
 
 class TransformParseError(ValueError):
     """A transform reply that does not yield a usable unified record."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Prompt:
-    """One prediction prompt: which record and pair it asks about, and the chat."""
-
-    record_id: str
-    task: str
-    pair_index: int
-    messages: tuple[Message, ...]
-    input: dict
-    output: Any
-
-    def to_dict(self) -> dict:
-        return {"record_id": self.record_id, "task": self.task, "pair_index": self.pair_index,
-                "messages": list(self.messages), "input": self.input, "output": self.output}
 
 
 def transform_messages(code: str) -> list[Message]:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from codeio_jax.data.prompts import Prompt
 from codeio_jax.execution import Limits, Sandbox
-from codeio_jax.records import OUTPUT_PREDICTION, UnifiedRecord
+from codeio_jax.records import OUTPUT_PREDICTION, Prompt, UnifiedRecord
 from codeio_jax.teachers.base import Reply, Usage
 from codeio_jax.teachers.trace_capture import code_map, parse_trace, trace_check
 from codeio_jax.teachers.trace_render import MAX_CHARS, explain_input, explain_output, explain_revision
