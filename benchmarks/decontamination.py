@@ -16,8 +16,6 @@ would write first. Printed for span lengths n = 10, 13 (the default), 16, 20.
 Run: .venv/bin/python benchmarks/decontamination.py
 """
 
-import ast
-import builtins
 import hashlib
 import io
 import json
@@ -31,43 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from codeio_jax.data import decontaminate, ios  # noqa: E402
 from codeio_jax.verify.cruxeval import DEFAULT_DATA  # noqa: E402
+from tests.planted import inlined, wrapped  # noqa: E402
 
 AUTHORS = ROOT.parent / "shared" / "data" / "codeio" / "rawcode_1k_parsed.jsonl"
-
-
-class Rename(ast.NodeTransformer):
-    def __init__(self):
-        self.names = {}
-
-    def new(self, name):
-        return self.names.setdefault(name, f"renamed_{len(self.names)}")
-
-    def visit_Name(self, node):
-        if node.id not in dir(builtins) or node.id == "_" or node.id in self.names:
-            node.id = self.new(node.id)
-        return node
-
-    def visit_arg(self, node):
-        node.arg = self.new(node.arg)
-        return node
-
-    def visit_FunctionDef(self, node):
-        node.name = self.new(node.name)
-        self.generic_visit(node)
-        return node
-
-
-def wrapped(code: str) -> str:
-    return ("import math\n\n\ndef helper(x):\n    return x\n\n\n" + ast.unparse(Rename().visit(ast.parse(code)))
-            + "\n\n\ndef main_solution(**kwargs):\n    return renamed_0(**kwargs)\n")
-
-
-def inlined(code: str) -> str:
-    tree = Rename().visit(ast.parse(code))
-    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef))
-    function.name = "main_solution"
-    function.body.insert(len(function.body) // 2, ast.parse("checked_steps = 0").body[0])
-    return "import math\n\n\n" + ast.unparse(tree)
 
 
 class RawSpans:

@@ -1,7 +1,5 @@
 """Decontamination against real CRUXEval programs, in the pipeline and alone."""
 
-import ast
-import builtins
 import json
 
 import pytest
@@ -9,6 +7,7 @@ import pytest
 from codeio_jax.data import decontaminate, ios, stages
 from codeio_jax.data.pipeline import PipelineError, run_pipeline
 from tests.conftest import shared_data
+from tests.planted import wrapped
 
 CRUXEVAL = shared_data("cruxeval/cruxeval.jsonl")
 
@@ -25,36 +24,8 @@ def crux(number):
             return row["code"]
 
 
-class Rename(ast.NodeTransformer):
-    def __init__(self):
-        self.names = {}
-
-    def new(self, name):
-        return self.names.setdefault(name, f"renamed_{len(self.names)}")
-
-    def visit_Name(self, node):
-        if node.id not in dir(builtins) or node.id == "_" or node.id in self.names:
-            node.id = self.new(node.id)
-        return node
-
-    def visit_arg(self, node):
-        node.arg = self.new(node.arg)
-        return node
-
-    def visit_FunctionDef(self, node):
-        node.name = self.new(node.name)
-        self.generic_visit(node)
-        return node
-
-
-def disguised(code):
-    """Renamed throughout, reformatted by ast.unparse, wrapped beside a main_solution."""
-    return ("import math\n\n# a helper\n" + ast.unparse(Rename().visit(ast.parse(code)))
-            + "\n\ndef main_solution(**kwargs):\n    return renamed_0(**kwargs)\n")
-
-
 def test_a_renamed_reformatted_copy_is_found_by_its_syntax_tree(index):
-    hit = index.check(disguised(crux(5)))
+    hit = index.check(wrapped(crux(5)))
     assert hit is not None and (hit.benchmark, hit.item) == ("cruxeval", "sample_5")
     assert hit.match == "ast" and "sample_5" in hit.reason(index.n)
 
@@ -92,7 +63,7 @@ def test_bad_benchmark_lines_are_reported_and_a_useless_benchmark_is_an_error(tm
 
 def test_the_stage_drops_copies_as_error_rows_and_keeps_every_other_record(tmp_path, index):
     records = [json.loads(line) for line in ios.DEFAULT_CORPUS.read_text().splitlines()][:10]
-    copied = dict(records[0], id="copied", refcode=disguised(crux(12)))
+    copied = dict(records[0], id="copied", refcode=wrapped(crux(12)))
     broken = dict(records[1], id="broken", refcode="def main_solution(:\n")
     source = tmp_path / "with_ios.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in [copied, *records[2:], broken]))
