@@ -1,7 +1,8 @@
 """Every stage in order over a work folder, configured by gin (gin/data/*.gin).
 
     <source> --transform--> unified.jsonl --ios--> with_ios.jsonl --decontaminate-->
-    decontaminated.jsonl --prompts--> prompts.jsonl --respond_1--> responses_1.jsonl --verify_1--> verdicts_1.jsonl
+    decontaminated.jsonl --prompts--> prompts.jsonl --respond_1--> responses_1.jsonl
+    --verify_1--> verdicts_1.jsonl
     [--respond_k--> responses_k.jsonl --verify_k--> verdicts_k.jsonl, per round]
     --assemble--> examples.jsonl --write--> tfrecords/codeio_examples.tfrecord-*-of-*
 
