@@ -5,7 +5,9 @@ Each handler imports what it needs when it runs.
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -195,6 +197,8 @@ def _serve(args) -> int:
     host, port = server.server_address[:2]
     print(f"serving {name} ({chat.family} template, batches of up to {args.max_batch}) on http://{host}:{port}/v1",
           flush=True)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: what a server that will not stop is waiting on.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -153,9 +153,13 @@ def test_codeio_jax_serve_answers_until_interrupted(chat_folder):
         try:
             _, err = process.communicate(timeout=120)
         except subprocess.TimeoutExpired:
-            process.kill()
-            _, err = process.communicate()
-            pytest.fail(f"serve did not exit within 120 s of SIGINT; its stderr:\n{err[-3000:]}")
+            process.send_signal(signal.SIGUSR1)  # serve prints its threads' stacks
+            try:
+                _, err = process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                _, err = process.communicate()
+            pytest.fail(f"serve did not exit within 120 s of SIGINT; its stderr:\n{err[-6000:]}")
     assert process.returncode == 130 and "interrupted" in err, err[-3000:]
 
 
