@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import io
 import keyword
+import threading
 import tokenize
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -39,6 +40,9 @@ _KEPT_NAMES = (frozenset(keyword.kwlist) | frozenset(dir(builtins))) - frozenset
 _SKIPPED_TOKENS = frozenset({tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
                              tokenize.ENCODING, tokenize.ENDMARKER})
 _IDENTIFIER = "\0id"
+# CPython 3.11's parser is not safe to enter from two threads at once ("AST
+# constructor recursion depth mismatch"), and Beam's DirectRunner runs DoFns on threads.
+_PARSING = threading.Lock()
 # Brackets and separators carry little of a program: without them a span of n
 # tokens covers two or three lines of code, not one.
 _PUNCTUATION = frozenset("()[]{},:;.")
@@ -249,15 +253,16 @@ class _Renamer(ast.NodeTransformer):
 
 def _function_digests(code: str) -> Iterator[tuple[str, bytes]]:
     """(name, digest of its normalised tree) of every function `code` defines."""
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
-        raise CodeTokenError(f"the code does not parse: {exc}") from None
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            name = node.name
-            normal = _Renamer().visit(_copy(node))
-            yield name, hashlib.blake2b(ast.dump(normal).encode("utf-8", "surrogatepass"), digest_size=12).digest()
+    with _PARSING:
+        try:
+            tree = ast.parse(code)
+        except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
+            raise CodeTokenError(f"the code does not parse: {exc}") from None
+        functions = [(node.name, _copy(node)) for node in ast.walk(tree)
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    for name, node in functions:
+        normal = _Renamer().visit(node)
+        yield name, hashlib.blake2b(ast.dump(normal).encode("utf-8", "surrogatepass"), digest_size=12).digest()
 
 
 def _copy(node: ast.AST) -> ast.AST:
