@@ -186,6 +186,12 @@ class Prompt:
                 "messages": list(self.messages), "input": self.input, "output": self.output}
 
 
+def count_rows(path: str | Path) -> int:
+    """Non-blank lines of a JSONL file: the rows read_jsonl gives (each a row or a LineError)."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
 @contextlib.contextmanager
 def open_atomic(path: str | Path) -> Iterator[IO[str]]:
     """A text file to write that appears at `path` whole or not at all: written

@@ -106,10 +106,11 @@ def count(items) -> dict[str, int]:
 
 
 def rows_in(path) -> int | None:
-    """Non-blank lines of a JSONL file (the rows a stage will report), None when unreadable."""
+    """The rows a stage will report for its input (records.count_rows), None when unreadable."""
+    from codeio_jax.records import count_rows
+
     try:
-        with open(path, "rb") as f:
-            return sum(1 for line in f if line.strip())
+        return count_rows(path)
     except OSError:
         return None
 

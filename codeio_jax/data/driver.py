@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
+from codeio_jax.records import count_rows
+
 
 @dataclasses.dataclass(frozen=True)
 class Result:
@@ -147,5 +149,4 @@ def _read_marker(marker: Path) -> dict:
 
 
 def _summary_of_files(dest: Path, errors_dest: Path, items: int) -> Summary:
-    count = lambda path: sum(1 for line in open(path, "rb") if line.strip())
-    return Summary(items=items, ok=count(dest), errors=count(errors_dest), already_done=True)
+    return Summary(items=items, ok=count_rows(dest), errors=count_rows(errors_dest), already_done=True)

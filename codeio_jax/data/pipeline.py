@@ -30,7 +30,7 @@ from codeio_jax.data import decontaminate, ios, stages
 from codeio_jax.data.driver import Result, Summary
 from codeio_jax.data.respond import ChatResponder, Responder, TraceResponder
 from codeio_jax.execution import Limits, Sandbox, SandboxConfig
-from codeio_jax.records import LineError, open_atomic, read_jsonl
+from codeio_jax.records import LineError, count_rows, open_atomic, read_jsonl
 from codeio_jax.teachers.trace_render import MAX_CHARS
 
 
@@ -199,7 +199,7 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
         started = time.perf_counter()
         errors = dest.with_name(dest.stem + ".errors.jsonl")
         summary = run(source, dest, errors, *args, **kwargs,
-                      on_result=progress(name, _count_lines(source)) if progress else None)
+                      on_result=progress(name, count_rows(source)) if progress else None)
         reports.append(StageReport(name, summary, time.perf_counter() - started))
         return dest
 
@@ -294,12 +294,6 @@ def _ios_file(source, dest, errors_dest, sandbox, settings, recheck, on_result=N
     found = ios.run_file(source, dest, errors_dest, sandbox, settings, on_record=report, recheck=recheck)
     return Summary(items=found.records, ok=found.kept, errors=found.errors, resumed_at=found.resumed_at,
                    already_done=found.already_done)
-
-
-def _count_lines(path: Path) -> int:
-    """Rows a stage will report (every line, blank ones too, ends as a row or an error)."""
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
 
 
 def _kind_of(source: Path) -> str:
