@@ -143,5 +143,5 @@ def test_the_pipeline_prints_each_stage_as_it_finishes(tmp_path):
     done = cli("pipeline", "--gin_file", "data/codeio_pp.gin", "--work_dir", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr[-2000:]
     finished = [line.split(":")[0] for line in done.stderr.splitlines() if "done in" in line]
-    assert finished == ["ios", "decontaminate", "prompts", "respond_1", "verify_1", "respond_2", "verify_2", "assemble"]
+    assert finished == ["ios", "decontaminate", "dedup", "prompts", "respond_1", "verify_1", "respond_2", "verify_2", "assemble"]
     assert "ios: 58 of 58 rows" in done.stderr

@@ -2,7 +2,9 @@
 
 The same per-record functions as the local driver (pipeline.py), as transforms:
 
-    Read (line number, bytes) --Reshuffle--> Parse --ios--> Prompts (fan-out)
+    Read (line number, bytes) --Reshuffle--> Parse --ios--> Decontaminate
+      --Sign--> Dedup (beside it: signatures --GroupByKey bucket--> the earliest
+      copy of each record, a side input) --> Prompts (fan-out)
       --Respond_1--> Verify_1 [--Respond_k--> Verify_k per round] --Assemble
       --> ToList --> examples.jsonl, sorted
     every stage's error rows --Flatten--> ToList --> errors.jsonl, sorted
@@ -40,13 +42,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from codeio_jax.data import decontaminate, ios, predictions, stages
+from codeio_jax.data import decontaminate, dedup, ios, predictions, stages
 from codeio_jax.data.determinism import recheck_sandbox
 from codeio_jax.data.pipeline import PipelineError, TraceTeacherSpec, benchmarks_of
 from codeio_jax.execution import Sandbox, SandboxConfig
 from codeio_jax.records import LineError, RecordError, UnifiedRecord
 
 ERRORS = "errors"
+SIGNATURES = "signatures"
 Key = tuple[int, int]  # (input line, prediction row index); -1 for a record-level row
 RECORD = -1
 NAMESPACE = "codeio"
@@ -160,6 +163,50 @@ class _Decontaminate(beam.DoFn):
             yield TaggedOutput(ERRORS, ((line, RECORD), result.rows[0]))
 
 
+class _Sign(beam.DoFn):
+    """A record's dedup signature to the side, the record on, keyed by it; a
+    record that cannot be compared is the local stage's error row."""
+
+    def __init__(self, settings: dedup.Settings):
+        self._settings = settings
+
+    def process(self, item: tuple[int, dict]) -> Iterator[Any]:
+        line, row = item
+        try:
+            sig = dedup.signature(line, row, self._settings)
+        except dedup.DedupError as exc:
+            failed = stages.deduplicated(line, row, None, {}, self._settings, str(exc))
+            yield TaggedOutput(ERRORS, ((line, RECORD), failed.rows[0]))
+            return
+        yield TaggedOutput(SIGNATURES, sig)
+        yield line, (row, sig)
+
+
+def _bucketed(sig: dedup.Signature, settings: dedup.Settings) -> Iterator[tuple[bytes, dedup.Signature]]:
+    return ((bucket, sig) for bucket in dedup.buckets(sig, settings))
+
+
+def _links(bucket: tuple[bytes, Iterable[dedup.Signature]], settings: dedup.Settings) -> Iterator[tuple]:
+    return ((link.dropped, link) for link in dedup.links_in(bucket[1], settings))
+
+
+class _Dedup(beam.DoFn):
+    """Records that copy nothing earlier pass; the others become error rows. The
+    links (one per dropped record, not per record) reach every worker whole:
+    `kept_id` follows them back to the record kept."""
+
+    def __init__(self, settings: dedup.Settings):
+        self._settings = settings
+
+    def process(self, item: tuple[int, tuple[dict, dedup.Signature]], dropped: dict) -> Iterator[Any]:
+        line, (row, sig) = item
+        result = stages.deduplicated(line, row, sig, dropped, self._settings)
+        if result.ok:
+            yield line, row
+        else:
+            yield TaggedOutput(ERRORS, ((line, RECORD), result.rows[0]))
+
+
 class _Prompts(beam.DoFn):
     """A record with pairs to its prediction rows, keyed (line, index) in the
     order prompt_rows gives them: the order of the local prompts.jsonl."""
@@ -254,7 +301,8 @@ def _in_order(rows: Iterable[tuple[Key, dict]]) -> list[dict]:
 def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0, max_calls: int = 1000,
                       max_pairs: int = 10, ios_timeout_s: float = 20.0, determinism: bool = True,
                       deterministic_min_pairs: int = 2, decontaminate_against: Sequence[Any] | None = None,
-                      decontaminate_n: int = decontaminate.DEFAULT_N, per_task: int = 3,
+                      decontaminate_n: int = decontaminate.DEFAULT_N,
+                      dedup_threshold: float | None = dedup.DEFAULT_THRESHOLD, per_task: int = 3,
                       rounds: int = 1, turn_teachers: Sequence[Any] = (TraceTeacherSpec(),),
                       reveal_expected: bool = False, sandbox_workers: int = 1,
                       python: str | None = None, batch_size: int = 64, cache_dir: str | None = None,
@@ -286,6 +334,10 @@ def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0,
             decontaminate.build_index(benchmarks, decontaminate_n)
         except ValueError as exc:
             raise PipelineError(f"decontamination: {exc}") from None
+    try:
+        dedup_settings = None if dedup_threshold is None else dedup.Settings(threshold=dedup_threshold)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
     config = SandboxConfig(workers=sandbox_workers, **({"python": python} if python else {}))
     config.worker_count()  # a bad count fails here, not on a worker
     if not FileSystems.exists(out_dir):
@@ -315,6 +367,18 @@ def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0,
             ERRORS, main="rows")
         errors.append(clean[ERRORS])
         records = clean.rows
+    if dedup_settings is not None:
+        signed = records | "Sign" >> beam.ParDo(_Sign(dedup_settings)).with_outputs(ERRORS, SIGNATURES, main="rows")
+        errors.append(signed[ERRORS])
+        links = (signed[SIGNATURES]
+                 | "Buckets" >> beam.FlatMap(_bucketed, dedup_settings)
+                 | "GroupBuckets" >> beam.GroupByKey()
+                 | "Links" >> beam.FlatMap(_links, dedup_settings)
+                 | "Earliest" >> beam.CombinePerKey(dedup.earliest))
+        unique = signed.rows | "Dedup" >> beam.ParDo(_Dedup(dedup_settings), beam.pvalue.AsDict(links)).with_outputs(
+            ERRORS, main="rows")
+        errors.append(unique[ERRORS])
+        records = unique.rows
     prompted = records | "Prompts" >> beam.ParDo(_Prompts(seed, per_task)).with_outputs(
         ERRORS, main="rows")
     errors.append(prompted[ERRORS])
@@ -349,8 +413,8 @@ def _counter(result: PipelineResult, name: str) -> int:
 # run_pipeline's settings that mean the same here; `workers` (the local pool's
 # slots) has no counterpart: the runner's parallelism times sandbox_workers.
 SHARED_SETTINGS = ("source", "seed", "max_calls", "max_pairs", "ios_timeout_s", "determinism",
-                   "deterministic_min_pairs", "decontaminate_against", "decontaminate_n", "per_task", "rounds",
-                   "turn_teachers", "reveal_expected", "python")
+                   "deterministic_min_pairs", "decontaminate_against", "decontaminate_n", "dedup_threshold",
+                   "per_task", "rounds", "turn_teachers", "reveal_expected", "python")
 
 
 def run_configured(work_dir: str | Path, beam_args: Sequence[str] = ()) -> dict:
@@ -363,8 +427,9 @@ def run_configured(work_dir: str | Path, beam_args: Sequence[str] = ()) -> dict:
     if bound.get("transform_teacher") is not None:
         raise PipelineError("the Beam pipeline starts from unified records: run `codeio-jax transform` "
                             "first, or the local pipeline")
-    settings = {name: bound[name] for name in SHARED_SETTINGS if name in bound and bound[name] is not None}
-    settings.setdefault("source", str(ios.DEFAULT_CORPUS))
+    # None is a setting too (no dedup stage; CRUXEval as the benchmark), except for the source.
+    settings = {name: bound[name] for name in SHARED_SETTINGS if name in bound}
+    settings["source"] = settings.get("source") or str(ios.DEFAULT_CORPUS)
     counts = run_beam_pipeline(out_dir=work_dir, beam_args=beam_args, **settings)
     written = write_examples(Path(work_dir) / "examples.jsonl", Path(work_dir) / "tfrecords",
                              bound.get("shards", 4))

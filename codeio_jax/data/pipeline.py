@@ -1,7 +1,8 @@
 """Every stage in order over a work folder, configured by gin (gin/data/*.gin).
 
     <source> --transform--> unified.jsonl --ios--> with_ios.jsonl --decontaminate-->
-    decontaminated.jsonl --prompts--> prompts.jsonl --respond_1--> responses_1.jsonl
+    decontaminated.jsonl --dedup--> deduplicated.jsonl --prompts--> prompts.jsonl
+    --respond_1--> responses_1.jsonl
     --verify_1--> verdicts_1.jsonl
     [--respond_k--> responses_k.jsonl --verify_k--> verdicts_k.jsonl, per round]
     --assemble--> examples.jsonl --write--> tfrecords/codeio_examples.tfrecord-*-of-*
@@ -26,7 +27,7 @@ from typing import Any, Callable, Sequence
 import gin
 
 from codeio_jax.data.determinism import recheck_sandbox
-from codeio_jax.data import decontaminate, ios, stages
+from codeio_jax.data import decontaminate, dedup, ios, stages
 from codeio_jax.data.driver import Result, Summary
 from codeio_jax.data.respond import ChatResponder, Responder, TraceResponder
 from codeio_jax.execution import Limits, Sandbox, SandboxConfig
@@ -148,7 +149,7 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
                  start: str = "auto", seed: int = 0, max_calls: int = 1000, max_pairs: int = 10,
                  ios_timeout_s: float = 20.0, determinism: bool = True, deterministic_min_pairs: int = 2,
                  decontaminate_against: Sequence[Any] | None = None, decontaminate_n: int = decontaminate.DEFAULT_N,
-                 per_task: int = 3, rounds: int = 1,
+                 dedup_threshold: float | None = dedup.DEFAULT_THRESHOLD, per_task: int = 3, rounds: int = 1,
                  turn_teachers: Sequence[Any] = (TraceTeacherSpec(),), transform_teacher: Any = None,
                  reveal_expected: bool = False, shards: int = 4, workers: int | None = None,
                  python: str | None = None, progress: Progress | None = None) -> PipelineReport:
@@ -164,6 +165,9 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
       (data/decontaminate.py; spans of `decontaminate_n` tokens); None:
       CRUXEval's 800; empty: no such stage. The hits per benchmark go to
       `decontamination.json` in the work folder.
+    dedup_threshold: records whose code is the same program, or whose estimated
+      Jaccard similarity is at least this, keep one copy (data/dedup.py);
+      None: no such stage.
     rounds: revision rounds after the first turn (CodeI/O: 0; CodeI/O++: 1).
     turn_teachers: who answers turn 1, 2, ...; the last one answers every later turn.
     transform_teacher: a chat teacher for raw code; the trace teacher cannot transform.
@@ -190,6 +194,10 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
     except ValueError as exc:  # BenchmarkError, a bad n
         raise PipelineError(f"decontamination: {exc}; set run_pipeline.decontaminate_against "
                             "(an empty list turns the stage off)") from None
+    try:
+        dedup_settings = None if dedup_threshold is None else dedup.Settings(threshold=dedup_threshold)
+    except ValueError as exc:
+        raise PipelineError(f"{exc}; set run_pipeline.dedup_threshold (None turns the stage off)") from None
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "teacher_cache"
@@ -225,6 +233,8 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
             errors = stages.read_rows(work / "decontaminated.errors.jsonl")
             with open_atomic(work / "decontamination.json") as f:
                 f.write(json.dumps(decontaminate.summarize(errors, index), indent=1, sort_keys=True) + "\n")
+        if dedup_settings is not None:
+            current = step("dedup", stages.dedup_file, current, work / "deduplicated.jsonl", dedup_settings)
         current = step("prompts", stages.prompts_file, current, work / "prompts.jsonl",
                        seed=seed, per_task=per_task)
         for turn in range(1, rounds + 2):

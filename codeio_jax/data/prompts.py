@@ -23,6 +23,7 @@ import random
 import re
 from typing import Any
 
+from codeio_jax import syntax
 from codeio_jax.records import INPUT_PREDICTION, OUTPUT_PREDICTION, Prompt, UnifiedRecord
 
 Message = dict[str, str]
@@ -196,7 +197,7 @@ def _code_block(text: str, section: str) -> str:
 
 def _require_function(code: str, name: str, section: str) -> None:
     try:
-        tree = ast.parse(code)
+        tree = syntax.parse(code)
     except SyntaxError as exc:
         raise TransformParseError(f"the {section} does not parse: line {exc.lineno}: {exc.msg}") from None
     if not any(isinstance(node, ast.FunctionDef) and node.name == name for node in tree.body):

@@ -12,6 +12,7 @@ import collections
 import concurrent.futures
 import hashlib
 import itertools
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -197,6 +198,57 @@ def decontaminated(line: int, row: Any, index) -> Result:
         return Result.one(True, row)
     return error(decontaminate.STAGE, line, row, hit.reason(index.n), benchmark=hit.benchmark,
                  benchmark_item=hit.item, match=hit.match, span=hit.span)
+
+
+def dedup_file(source, dest, errors_dest, settings, on_result: OnResult = None) -> Summary:
+    """One record per program (data/dedup.py): a first pass signs every record
+    and decides, the second keeps the earliest of each set of copies and turns
+    the others into error rows naming it. The decision needs the whole file, so
+    a resumed stage signs it again (the cheapest stage there is)."""
+    from codeio_jax.data import dedup
+
+    decision: dict[str, Any] = {}
+    deciding = threading.Lock()
+
+    def decided() -> dict:
+        with deciding:  # run_stage's two threads: the first one decides
+            if not decision:
+                signatures, failed = {}, {}
+                for item in read_jsonl(source):
+                    if isinstance(item, LineError):
+                        continue
+                    line, row = item
+                    try:
+                        signatures[line] = dedup.signature(line, row, settings)
+                    except dedup.DedupError as exc:
+                        failed[line] = str(exc)
+                decision.update(signatures=signatures, failed=failed,
+                                dropped=dedup.decide(signatures.values(), settings))
+        return decision
+
+    def process(lines):
+        found = decided()
+        return [deduplicated(line, row, found["signatures"].get(line), found["dropped"], settings,
+                             found["failed"].get(line)) for line, row in lines]
+
+    return run_stage(source, dest, errors_dest, dedup.STAGE, dedup_settings(settings), process, on_result=on_result)
+
+
+def dedup_settings(settings) -> dict:
+    return {"dedup": sorted(settings.as_dict().items())}
+
+
+def deduplicated(line: int, row: Any, sig, dropped: dict, settings, failure: str | None = None) -> Result:
+    """One record after the decision: itself, or the error row naming its copy."""
+    from codeio_jax.data import dedup
+
+    if sig is None:
+        return error(dedup.STAGE, line, row, f"cannot be compared: {failure}")
+    link = dropped.get(sig.key)
+    if link is None:
+        return Result.one(True, row)
+    kept = dedup.kept_for(link, dropped)
+    return error(dedup.STAGE, line, row, dedup.reason(link, kept, settings), **dedup.error_fields(link, kept))
 
 
 def assemble_file(source, dest, errors_dest, on_result: OnResult = None) -> Summary:

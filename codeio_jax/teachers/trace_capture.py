@@ -22,6 +22,7 @@ import dataclasses
 import json
 from typing import Any
 
+from codeio_jax import syntax
 from codeio_jax.execution import Check, Limits
 from codeio_jax.records import UnifiedRecord
 
@@ -35,7 +36,7 @@ class Trace:
 
 def code_map(code: str) -> dict:
     """Line maps of the code: `if` tests and loop headers, with their text."""
-    tree = ast.parse(code)
+    tree = syntax.parse(code)
     branches, loops = {}, {}
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and node.body[0].lineno > node.test.end_lineno:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 
+from codeio_jax import syntax
 from codeio_jax.verify.nontermination import RUNTIME, watchable_loops
 
 # Names through which the sample's code could change state that outlives one
@@ -51,7 +52,7 @@ def data_only_key(assert_line: str, mode: str) -> str | None:
     Equal keys give equal results: the sample's code is deterministic and the
     line runs nothing else, so one run answers for every copy."""
     try:
-        tree = ast.parse(assert_line)
+        tree = syntax.parse(assert_line)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return None
     return ast.dump(tree) if _is_data_only(tree, mode) else None
@@ -75,7 +76,7 @@ def _is_data_only(tree: ast.Module, mode: str) -> bool:
 
 def code_is_self_contained(code: str) -> bool:
     try:
-        tree = ast.parse(code)
+        tree = syntax.parse(code)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return False
     for node in ast.walk(tree):

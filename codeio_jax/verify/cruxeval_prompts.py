@@ -14,6 +14,8 @@ from __future__ import annotations
 import ast
 import re
 
+from codeio_jax import syntax
+
 SYSTEM = ("You reason step by step about what code does, without running it, and you end every "
           "answer with the completed assertion between [ANSWER] and [/ANSWER].")
 
@@ -74,7 +76,7 @@ def generation_from_reply(mode: str, reply: str) -> str:
 def _split_assertion(text: str) -> tuple[str | None, str | None]:
     """(left, right) of `assert left == right`, split where Python parses it."""
     try:
-        tree = ast.parse(text)
+        tree = syntax.parse(text)
     except SyntaxError:
         return None, None
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import ast
 
+from codeio_jax import syntax
+
 _NONDETERMINISTIC_NAMES = frozenset({"print", "id", "hash", "input"})
 _ALLOWED_ANCESTORS = (ast.Module, ast.FunctionDef, ast.If, ast.While)
 
@@ -40,7 +42,7 @@ def watchable_loops(code: str) -> list[int]:
     """Line numbers of the `while` headers whose repetition proves an endless
     loop; empty when the code as a whole does not qualify."""
     try:
-        tree = ast.parse(code)
+        tree = syntax.parse(code)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return []
     for node in ast.walk(tree):

@@ -39,13 +39,18 @@ def test_direct_runner_output_equals_the_local_driver(tmp_path):
     crux = next(json.loads(line) for line in shared_data("cruxeval/cruxeval.jsonl").read_text().splitlines()
                 if json.loads(line)["id"] == "sample_5")
     contaminated = json.dumps({**row, "id": "contaminated", "refcode": crux["code"] + "\n\n" + row["refcode"]})
-    source.write_text("".join(corpus_lines(12)) + contaminated + "\n")
+    # And one is the third record again under an id that sorts first: deduplication keeps it, drops the third.
+    copy = json.dumps({**json.loads(corpus_lines(3)[-1]), "id": "0-copy"})
+    source.write_text("".join(corpus_lines(12)) + contaminated + "\n" + copy + "\n")
     local, counts, beam = both(tmp_path, source)
     expected = (local / "examples.jsonl").read_bytes()
     assert (beam / "examples.jsonl").read_bytes() == expected
-    assert counts == {"records": 13, "examples": 12 * 4, "errors": 1}
-    (dropped,) = read(beam / "errors.jsonl")
+    assert counts == {"records": 14, "examples": 12 * 4, "errors": 2}
+    duplicate, dropped = read(beam / "errors.jsonl")
     assert dropped["id"] == "contaminated" and dropped["benchmark_item"] == "sample_5"
+    assert duplicate["line"] == 3 and duplicate["kept_id"] == "0-copy" and duplicate["match"] == "exact"
+    (local_duplicate,) = read(local / "deduplicated.errors.jsonl")  # lines are each stage input's own
+    assert {**local_duplicate, "line": 3, "error": duplicate["error"]} == duplicate
 
 
 def test_bad_lines_become_error_rows_and_the_rest_flows(tmp_path):

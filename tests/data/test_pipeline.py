@@ -165,7 +165,7 @@ def test_kill_9_at_random_moments_ends_byte_identical(tmp_path):
     started = time.perf_counter()
     assert run_cli(reference, source).wait() == 0
     expected = stage_files(reference)
-    assert len(expected) == 16 and expected["examples.jsonl"]
+    assert len(expected) == 18 and expected["examples.jsonl"]
     full = time.perf_counter() - started
     started = time.perf_counter()
     assert run_cli(tmp_path / "timing", source).wait() == 0
