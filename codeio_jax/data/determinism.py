@@ -16,8 +16,11 @@ PYTHONHASHSEED, and there:
     where the record's code has just run afresh.
 
 A pair is kept when both calls give its recorded output under the verifier's
-comparison (verify/compare.py). Dict order cannot be perturbed: the language
-fixes it to insertion order.
+comparison (verify/compare.py). A record whose calls draw from `random`'s or
+numpy's global generator without seeding it first is an error as a whole: its
+outputs are chance even where the two worlds agree (the maximum of 98 draws
+below 100 is 99 two times in three). Dict order cannot be perturbed: the
+language fixes it to insertion order.
 """
 
 from __future__ import annotations
@@ -66,13 +69,15 @@ def judge(pairs: list[dict], outcome, min_pairs: int) -> Rechecked:
     results = outcome.value
     if not isinstance(results, list) or len(results) != len(pairs):
         return Rechecked([], {}, "the record's code interfered with the determinism check's harness")
-    kept, differing, unchecked = [], [], 0
+    kept, differing, unchecked, unseeded = [], [], 0, []
     for pair, result in zip(pairs, results):
         if result is None:  # the check's time ran out before this pair
             unchecked += 1
             continue
         for how in ("reversed", "alone"):
-            ok, got = result[how]
+            ok, got, *drew = result[how]
+            if drew and drew[0]:
+                unseeded.append((pair, drew[0]))
             if not ok or not values_match(got, pair["output"]):
                 differing.append((pair, how, ok, got))
                 break
@@ -80,6 +85,12 @@ def judge(pairs: list[dict], outcome, min_pairs: int) -> Rechecked:
             kept.append(pair)
     stats = {"checked": len(pairs) - unchecked, "held": len(kept), "differed": len(differing),
              "unchecked": unchecked}
+    if unseeded:
+        pair, names = unseeded[0]
+        stats["unseeded"] = len(unseeded)
+        return Rechecked([], stats, f"non-deterministic: the code draws from {' and '.join(f'`{n}`' for n in names)} "
+                                    f"without seeding it (input {_short(pair['input'])}): its outputs are chance, "
+                                    "even where two worlds agree")
     if differing and len(kept) < min_pairs:
         return Rechecked([], stats, _non_deterministic(differing, len(pairs), len(kept), min_pairs))
     if not kept:
@@ -149,6 +160,22 @@ def __codeio_patch_clock__():
 
 __codeio_real_monotonic__ = __codeio_patch_clock__()
 
+import random as __codeio_random
+__codeio_seeded__ = [False]
+
+
+def __codeio_patch_seed__():
+    # Patched before the record's code runs, so its `from random import seed` is this one.
+    real = __codeio_random.seed
+
+    def seed(*args, **kwargs):
+        __codeio_seeded__[0] = True
+        return real(*args, **kwargs)
+
+    __codeio_random.seed = seed
+
+__codeio_patch_seed__()
+
 
 def __codeio_recheck__():
     import json, random, sys
@@ -162,11 +189,34 @@ def __codeio_recheck__():
         if numpy is not None:
             numpy.random.seed(params["seed"] % (1 << 32))
 
+    def states():
+        numpy = sys.modules.get("numpy")
+        state = numpy.random.get_state() if numpy is not None else None
+        return random.getstate(), None if state is None else (state[1].tobytes(), state[2])
+
     def call(solve, kwargs):
+        # A draw from the global generators the call did not seed makes the
+        # record random, whether or not this world's outputs happen to agree.
+        before, numpy_before = states()
+        __codeio_seeded__[0] = False
+        numpy = sys.modules.get("numpy")
+        numpy_seed = numpy.random.seed if numpy is not None else None
+        if numpy is not None:
+            def seeding(*args, **kwargs):
+                __codeio_seeded__[0] = True
+                return numpy_seed(*args, **kwargs)
+            numpy.random.seed = seeding
         try:
-            return [True, json.loads(json.dumps(solve(**json.loads(json.dumps(kwargs))), allow_nan=False))]
+            result = [True, json.loads(json.dumps(solve(**json.loads(json.dumps(kwargs))), allow_nan=False))]
         except Exception as exc:
-            return [False, type(exc).__name__]
+            result = [False, type(exc).__name__]
+        finally:
+            if numpy is not None:
+                numpy.random.seed = numpy_seed
+        after, numpy_after = states()
+        drew = [] if __codeio_seeded__[0] else [name for name, a, b in (
+            ("random", before, after), ("numpy.random", numpy_before, numpy_after)) if a is not None and a != b]
+        return result + [drew]
 
     results = [None] * len(inputs)
     reseed()

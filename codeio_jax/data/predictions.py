@@ -5,7 +5,8 @@ the later stages need, and the turns so far:
 
     {"id": "<record id>:<task>:<pair index>", "record_id", "task", "pair_index",
      "messages": [system, user], "input", "output",
-     "record": {"problem_description", "io_requirements", "refcode", "funcname"},
+     "record": {"problem_description", "io_requirements", "refcode", "funcname",
+                "ios": a few small pairs of the record, the trace teacher's guesses},
      "turns": [{"teacher", "reply", "finish_reason", "verdict": {...}}, ...]}
 
 Turn 1 answers the prompt. Each revision round (CodeI/O++) is another `respond`
@@ -17,11 +18,12 @@ k > 1, and the first turn's failures are exactly what it works on.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 from codeio_jax.data.prompts import prediction_prompts, revision_messages
 from codeio_jax.execution import Sandbox
-from codeio_jax.records import INPUT_PREDICTION, OUTPUT_PREDICTION, Prompt, RecordError, UnifiedRecord
+from codeio_jax.records import INPUT_PREDICTION, OUTPUT_PREDICTION, IOPair, Prompt, RecordError, UnifiedRecord
 from codeio_jax.teachers.base import Reply
 from codeio_jax.verify.verdicts import (InputPrediction, Verdict, verify_input_predictions,
                                         verify_output_prediction)
@@ -36,7 +38,24 @@ def prompt_rows(record_row: Any, seed: int = 0, per_task: int = 3) -> list[dict]
     if not record.ios:
         raise RecordError(f"record {record.id}: it has no I/O pairs (run the ios stage first)")
     context = {name: getattr(record, name) for name in RECORD_FIELDS}
+    context["ios"] = _guess_pairs(record)
     return [_row(record.id, prompt, context) for prompt in prediction_prompts(record, seed, per_task)]
+
+
+GUESS_PAIRS = 4  # a record's pairs a row carries, small ones only: the trace teacher's first guesses
+GUESS_PAIR_CHARS = 1000
+
+
+def _guess_pairs(record: UnifiedRecord) -> list[dict]:
+    """What the trace teacher may try before an input prediction's answer
+    (teachers/trace.py); never shown to a model."""
+    small = []
+    for pair in record.ios:
+        if len(json.dumps(pair.to_dict(), ensure_ascii=False)) <= GUESS_PAIR_CHARS:
+            small.append(pair.to_dict())
+        if len(small) == GUESS_PAIRS:
+            break
+    return small
 
 
 def _row(record_id: str, prompt: Prompt, context: dict) -> dict:
@@ -95,7 +114,9 @@ def as_prompt(row: dict) -> Prompt:
 
 def as_record(row: dict) -> UnifiedRecord:
     context = row["record"]
-    return UnifiedRecord(id=row["record_id"], **{name: context[name] for name in RECORD_FIELDS})
+    pairs = tuple(IOPair(pair["input"], pair["output"]) for pair in context.get("ios", ())
+                  if isinstance(pair, dict) and isinstance(pair.get("input"), dict) and "output" in pair)
+    return UnifiedRecord(id=row["record_id"], ios=pairs, **{name: context[name] for name in RECORD_FIELDS})
 
 
 def verify_rows(rows: Sequence[dict], sandbox: Sandbox, reveal_expected: bool = False) -> list[dict]:

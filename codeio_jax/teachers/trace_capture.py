@@ -8,8 +8,11 @@ prelude) records, for the record's own code only:
   branch  an `if` test and whether it held
   iter    a loop header reached again (one event per pass)
   return  a function of the record returns, with its value
-Values are short reprs, the number of events is capped, and the program still
-runs to its end so the final output is always exact.
+Values are written as a reader would (an object as its class and fields, never
+its address) and never longer than a bound, however big the value. Tracing is
+bounded by budgets of events, not by the clock (DETAIL_EVENTS, COUNTED_EVENTS):
+past the first only calls and loop passes are counted, past the second the code
+runs on untraced. Either way it runs to its end, so the output is always exact.
 
 Which lines are `if` tests and loop headers comes from the AST, computed here
 on the host and handed to the harness as data.
@@ -27,11 +30,22 @@ from codeio_jax.execution import Check, Limits
 from codeio_jax.records import UnifiedRecord
 
 
+# Detailed events (every changed variable, every test) are what a reply narrates;
+# past them only calls and loop passes are counted, which costs a tracer call per
+# line but no reprs; past that the code runs untraced, at full speed, to its exact
+# answer. A trace's cost is bounded by these budgets, not by how long the code runs.
+DETAIL_EVENTS = 3000
+COUNTED_EVENTS = 200_000
+
+
 @dataclasses.dataclass(frozen=True)
 class Trace:
     events: list[dict]
     output: Any
-    truncated: bool
+    truncated: bool  # the detailed events stop before the end
+    calls: dict[str, int] = dataclasses.field(default_factory=dict)  # each function's calls, in all
+    passes: dict[str, int] = dataclasses.field(default_factory=dict)  # "fn:line" of a loop header: passes in all
+    counted_to_end: bool = True  # False: the counts stop too, the code ran on untraced
 
 
 def code_map(code: str) -> dict:
@@ -54,14 +68,40 @@ def code_map(code: str) -> dict:
             loop["end"] = node.end_lineno
             loops[node.lineno] = loop
     return {"branches": {str(k): v for k, v in branches.items()},
-            "loops": {str(k): v for k, v in loops.items()}}
+            "loops": {str(k): v for k, v in loops.items()},
+            "returns": _last_returns(tree, code)}
+
+
+def _last_returns(tree: ast.Module, code: str) -> dict[str, str]:
+    """Each top-level function's last `return` expression as written: where
+    reasoning backwards from an output starts."""
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            returns = [item for item in _own_nodes(node) if isinstance(item, ast.Return) and item.value is not None]
+            if returns:
+                last = max(returns, key=lambda item: item.lineno)
+                found[node.name] = ast.get_source_segment(code, last.value) or ""
+    return found
+
+
+def _own_nodes(function: ast.FunctionDef):
+    """The nodes of a function's body, not descending into functions it defines."""
+    pending = list(function.body)
+    while pending:
+        node = pending.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            pending.extend(ast.iter_child_nodes(node))
 
 
 def trace_check(record: UnifiedRecord, kwargs: dict, limits: Limits | None = None,
-                max_events: int = 3000, value_chars: int = 80, lines: dict | None = None) -> Check:
+                max_events: int = DETAIL_EVENTS, counted_events: int = COUNTED_EVENTS, value_chars: int = 80,
+                lines: dict | None = None) -> Check:
     """lines: the record's code_map, when the caller already has it."""
     params = {"funcname": record.funcname, "kwargs": kwargs, "max_events": max_events,
-              "value_chars": value_chars, **(lines or code_map(record.refcode))}
+              "counted_events": counted_events, "value_chars": value_chars,
+              **(lines or code_map(record.refcode))}
     source = f"{record.refcode}\n\n__codeio_params__ = {json.dumps(params, ensure_ascii=False)!r}\n"
     return Check(source, entry="__codeio_trace__", limits=limits, prelude=TRACE_PRELUDE)
 
@@ -69,7 +109,8 @@ def trace_check(record: UnifiedRecord, kwargs: dict, limits: Limits | None = Non
 def parse_trace(value: Any) -> Trace:
     if not (isinstance(value, dict) and isinstance(value.get("events"), list) and "output" in value):
         raise ValueError("the trace harness returned something else than a trace")
-    return Trace(value["events"], value["output"], bool(value.get("truncated")))
+    return Trace(value["events"], value["output"], bool(value.get("truncated")), value.get("calls", {}),
+                 value.get("passes", {}), bool(value.get("counted_to_end", True)))
 
 
 TRACE_PRELUDE = '''
@@ -78,32 +119,59 @@ def __codeio_trace__():
     address = re.compile(r" at 0x[0-9a-fA-F]+")
     params = json.loads(__codeio_params__)
     branches, loops = params["branches"], params["loops"]
-    cap, width = params["max_events"], params["value_chars"]
-    events, state = [], {"truncated": False}
-    previous, seen, passes = {}, {}, {}
+    cap, counted_cap, width = params["max_events"], params["counted_events"], params["value_chars"]
+    events, state = [], {"mode": "detail", "counted": 0}
+    previous, seen = {}, {}
+    calls, passes = {}, {}
     skip = (types.FunctionType, types.ModuleType, type, types.BuiltinFunctionType)
+    live = set()
 
-    def short(value, nested=False):
+    def short(value, room=None):
+        # As a reader would write the value, and never longer than `room`:
+        # containers are walked item by item until the room is spent, so a
+        # list of a million numbers costs what its first few cost.
+        room = width if room is None else room
         try:
+            if isinstance(value, (list, tuple, set, frozenset, dict)):
+                if isinstance(value, dict):
+                    items, opening, closing = list(value.items())[:room], "{", "}"
+                elif isinstance(value, list):
+                    items, opening, closing = value[:room], "[", "]"
+                elif isinstance(value, tuple):
+                    items, opening, closing = value[:room], "(", ",)" if len(value) == 1 else ")"
+                else:
+                    items = sorted(value, key=repr)[:room] if len(value) <= 64 else list(value)[:room]
+                    opening, closing = ("{", "}") if value else ("set(", ")")
+                parts, used = [], len(opening) + len(closing)
+                for item in items:
+                    text = ("%s: %s" % (short(item[0], room), short(item[1], room))
+                            if isinstance(value, dict) else short(item, room))
+                    if used + len(text) + 2 > room:
+                        parts.append("...")
+                        break
+                    parts.append(text)
+                    used += len(text) + 2
+                else:
+                    if len(items) < len(value):
+                        parts.append("...")
+                return opening + ", ".join(parts) + closing
             if type(value).__repr__ is object.__repr__:
                 # The default repr shows an address, which differs run to run:
-                # show the object's class and fields instead.
-                fields = getattr(value, "__dict__", {})
-                inner = ", ".join("%s=%s" % (k, short(v, True)) for k, v in list(fields.items())[:4]
-                                  if not nested)
-                text = "%s(%s)" % (type(value).__name__, inner if not nested else "...")
+                # show the object's class and its fields instead.
+                fields = list(getattr(value, "__dict__", {}).items())[:4]
+                inner = ", ".join("%s=%s" % (k, short(v, room // 2)) for k, v in fields) if room > 24 else "..."
+                text = "%s(%s)" % (type(value).__name__, inner)
             else:
-                # Objects inside containers still print their address: drop it.
-                text = address.sub("", repr(value))
+                text = address.sub("", repr(value))  # a function's or a generator's, run to run
         except Exception:
             text = "<%s>" % type(value).__name__
-        return text if len(text) <= width else text[:width - 3] + "..."
+        return text if len(text) <= room else text[:max(room - 3, 1)] + "..."
 
     def emit(event):
         if len(events) < cap:
             events.append(event)
-        else:
-            state["truncated"] = True
+        elif state["mode"] == "detail":
+            state["mode"] = "counted"
 
     def changes(frame):
         now = {k: short(v) for k, v in frame.f_locals.items()
@@ -112,12 +180,40 @@ def __codeio_trace__():
         seen[frame] = now
         return {k: v for k, v in now.items() if before.get(k) != v}
 
+    def stop():
+        # Nothing is recorded from here on: the code runs untraced to its end.
+        state["mode"] = "off"
+        sys.settrace(None)
+        for frame in list(live):
+            frame.f_trace = None
+        live.clear()
+
+    def counting(frame, event, arg):
+        state["counted"] += 1
+        if state["counted"] > counted_cap:
+            stop()
+            return None
+        if event == "line" and str(frame.f_lineno) in loops:
+            key = "%s:%d" % (frame.f_code.co_qualname, frame.f_lineno)
+            passes[key] = passes.get(key, 0) + 1
+        elif event == "return":
+            live.discard(frame)
+        return counting
+
     def tracer(frame, event, arg):
         # The record's own functions only; comprehensions and lambdas show up
         # as the values they produce in the line that uses them.
+        if state["mode"] == "off":
+            return None
         if frame.f_code.co_filename != "<check>" or frame.f_code.co_name.startswith("<"):
             return None
         name = frame.f_code.co_qualname
+        if event == "call":
+            calls[name] = calls.get(name, 0) + 1
+            live.add(frame)
+        if state["mode"] == "counted":
+            frame.f_trace = counting
+            return counting(frame, event, arg)
         if event == "call":
             emit({"e": "call", "fn": name, "args": changes(frame)})
             return tracer
@@ -132,15 +228,15 @@ def __codeio_trace__():
                       "taken": frame.f_lineno == test["body"]})
         if event == "line":
             previous[frame] = frame.f_lineno
-            loop = loops.get(str(frame.f_lineno))
-            if loop is not None:
-                key = (frame, frame.f_lineno)
+            if str(frame.f_lineno) in loops:
+                key = "%s:%d" % (name, frame.f_lineno)
                 passes[key] = passes.get(key, 0) + 1
                 emit({"e": "iter", "fn": name, "line": frame.f_lineno, "n": passes[key]})
         elif event == "return":
             emit({"e": "return", "fn": name, "value": short(arg)})
             previous.pop(frame, None)
             seen.pop(frame, None)
+            live.discard(frame)
         return tracer
 
     solve = globals()[params["funcname"]]
@@ -150,5 +246,6 @@ def __codeio_trace__():
     finally:
         sys.settrace(None)
     output = json.loads(json.dumps(output))
-    return {"events": events, "output": output, "truncated": state["truncated"]}
+    return {"events": events, "output": output, "truncated": state["mode"] != "detail",
+            "calls": calls, "passes": passes, "counted_to_end": state["mode"] != "off"}
 '''

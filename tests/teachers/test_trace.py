@@ -1,12 +1,19 @@
-"""The trace teacher on the embedded corpus: every answer verifies."""
+"""The trace teacher on the embedded corpus and the authors' records: every
+answer verifies, input prediction reasons backwards before its answer, long
+runs cost a bounded trace, and a record that cannot be traced fails once."""
+
+import json
+import time
 
 import pytest
 
 from codeio_jax.data import ios
 from codeio_jax.data.prompts import prediction_prompts
-from codeio_jax.records import OUTPUT_PREDICTION, UnifiedRecord, read_unified
+from codeio_jax.execution import Limits
+from codeio_jax.records import INPUT_PREDICTION, OUTPUT_PREDICTION, IOPair, UnifiedRecord, read_unified
 from codeio_jax.teachers.trace import TraceTeacher
 from codeio_jax.verify.verdicts import InputPrediction, verify_input_predictions, verify_output_prediction
+from tests.conftest import shared_data
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +57,107 @@ def test_explanations_follow_the_execution(corpus, answered):
     coin = by_id[("coin_change_min_coins", OUTPUT_PREDICTION)]
     assert "It calls `fewest_coins`" in coin and "The loop `for total in range(1, amount + 1)` runs" in coin
     assert "Pass 1:" in coin and coin.rstrip().endswith("```")
-    reverse = by_id[("coin_change_min_coins", "input_prediction")]
-    assert reverse.startswith("The target output is") and "candidate input" in reverse
+    reverse = by_id[("coin_change_min_coins", INPUT_PREDICTION)]
+    assert reverse.startswith("The target output is") and "work backwards" in reverse
+    assert "ends with `return fewest_coins(denominations, amount)`, so `fewest_coins` must return" in reverse
+
+
+def assert_reasons_backwards(prompts, replies):
+    """The final input appears only after a reasoned step back from the output,
+    and, where the record has another pair to guess from, after a missed try."""
+    tried = 0
+    for prompt, reply in zip(prompts, replies):
+        if prompt.task != INPUT_PREDICTION:
+            continue
+        text = reply.text
+        first = text.find(json.dumps(prompt.input, ensure_ascii=False))
+        step = max(text.find("must end as"), text.find("must return"), text.find("must come to"),
+                   text.find("must lead the code there"))
+        assert 0 < step < first, text
+        if "guess, an input of the kind the input generator makes" in text:
+            tried += 1
+            assert text.find("guess") < first and "is not it" not in text[first:]
+    return tried
+
+
+def test_input_prediction_reasons_backwards_and_values_read_well(answered):
+    prompts, replies, _ = answered
+    assert assert_reasons_backwards(prompts, replies) >= 50  # of 58: records with a pair to guess from
+    for reply in replies:
+        assert "<__main__." not in reply.text and " object at 0x" not in reply.text
+        if "the output is " in reply.text:
+            after = reply.text.split("the output is ", 1)[1]
+            assert not after[:1].isupper() or after[1:2].isupper(), after[:40]
+
+
+LONG_RUN = """
+def main_solution(n):
+    total = 0
+    for i in range(n):
+        total += i % 7
+    return total
+"""
+
+
+def record_of(code, inputs, outputs, rid):
+    return UnifiedRecord(id=rid, problem_description="Sum.", io_requirements="`return` (int): The sum.",
+                         refcode=code, ios=tuple(IOPair(i, o) for i, o in zip(inputs, outputs)))
+
+
+def test_a_long_run_costs_a_bounded_trace_and_still_verifies(sandbox):
+    n = 3_000_000
+    record = record_of(LONG_RUN, [{"n": n}, {"n": 10}], [sum(i % 7 for i in range(n)), 21], "long")
+    prompts = [p for p in prediction_prompts(record, per_task=1) if p.input == {"n": n}]
+    started = time.perf_counter()
+    replies = TraceTeacher(sandbox, Limits(timeout_s=20.0)).answer({"long": record}, prompts)
+    assert time.perf_counter() - started < 5.0  # untraced it runs in about 0.3 s; fully traced, well past 20
+    for prompt, reply in zip(prompts, replies):
+        assert reply.ok and "follow the steps only by counting them" in reply.text
+        assert "at least" in reply.text and "(my step-by-step trace stops inside it)" in reply.text
+        if prompt.task == OUTPUT_PREDICTION:
+            assert verify_output_prediction(reply.text, prompt.output).correct
+
+
+UNTRACEABLE = """
+import sys
+
+def main_solution(n):
+    if sys.gettrace() is not None:  # traced: never ends (untraced, at once)
+        while True:
+            pass
+    return n
+"""
+
+
+def test_a_record_that_cannot_be_traced_fails_once(sandbox):
+    record = record_of(UNTRACEABLE, [{"n": k} for k in range(4)], list(range(4)), "untraceable")
+    prompts = prediction_prompts(record, per_task=2)
+    teacher = TraceTeacher(sandbox, Limits(timeout_s=1.0))
+    started = time.perf_counter()
+    replies = teacher.answer({"untraceable": record}, prompts)
+    assert len(replies) == 4 and not any(r.ok for r in replies)
+    assert len({r.error for r in replies}) == 1 and "tracing failed: timeout" in replies[0].error
+    assert time.perf_counter() - started < 2.5  # one timeout waited out, not four
+    (again,) = teacher.answer({"untraceable": record}, prompts[:1])  # a later batch: at once
+    assert again.error == replies[0].error
+
+
+@pytest.mark.slow
+def test_on_the_authors_records_every_answer_verifies_and_reasons_backwards(sandbox, recheck):
+    records = list(read_unified(shared_data("codeio/rawcode_1k_parsed.jsonl")))[:40]
+    results = ios.generate(ios.numbered(records), sandbox, ios.IOSettings(timeout_s=10.0), recheck=recheck)
+    corpus = {r.record_id: UnifiedRecord.from_dict(r.row) for r in results if r.row is not None}
+    assert len(corpus) >= 30
+    prompts = [p for record in corpus.values() for p in prediction_prompts(record, per_task=1)]
+    replies = TraceTeacher(sandbox).answer(corpus, prompts)
+    assert all(r.ok for r in replies), [r.error for r in replies if not r.ok]
+    outputs = [verify_output_prediction(r.text, p.output) for p, r in zip(prompts, replies)
+               if p.task == OUTPUT_PREDICTION]
+    inputs = verify_input_predictions(
+        [InputPrediction(r.text, corpus[p.record_id].refcode, p.output) for p, r in zip(prompts, replies)
+         if p.task != OUTPUT_PREDICTION], sandbox)
+    assert all(v.correct for v in outputs + inputs)
+    assert assert_reasons_backwards(prompts, replies) >= len(corpus) // 2
 
 
 def test_revision_turn_takes_up_the_feedback(corpus, answered, sandbox):
