@@ -129,7 +129,7 @@ def _pipeline(args) -> int:
     for stage in report.stages:
         summary = stage.summary
         note = " (already done)" if summary.already_done else ""
-        print(f"  {stage.name:<10} {summary.items:>6} in {summary.ok:>6} out {summary.errors:>5} errors"
+        print(f"  {stage.name:<13} {summary.items:>6} in {summary.ok:>6} out {summary.errors:>5} errors"
               f" {stage.seconds:>7.2f} s {100 * stage.seconds / total:>5.1f}%{note}")
     for turn, usage in report.teacher_usage.items():
         print(f"  teacher {turn}: " + (", ".join(f"{k} {v}" for k, v in usage.items() if v) or "no requests"))

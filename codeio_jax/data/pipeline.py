@@ -13,6 +13,7 @@ the finished stages, resumes the one it was in, and ends with the same bytes
 as an uninterrupted run (TFRecord shards included: each is written whole under
 a temporary name, then renamed). `transform` runs only when the source is raw code;
 unified records (the embedded corpus, the authors' parsed records) start at `ios`.
+At the end, report.py reads the stage files into `report.json` and `report.md`.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from typing import Any, Callable, Sequence
 import gin
 
 from codeio_jax.data.determinism import recheck_sandbox
-from codeio_jax.data import decontaminate, dedup, ios, stages
+from codeio_jax.data import decontaminate, dedup, ios, report as quality, stages
 from codeio_jax.data.driver import Result, Summary
 from codeio_jax.data.respond import ChatResponder, Responder, TraceResponder
 from codeio_jax.execution import Limits, Sandbox, SandboxConfig
 from codeio_jax.records import LineError, count_rows, open_atomic, read_jsonl
+from codeio_jax.teachers.trace_capture import COUNTED_EVENTS, DETAIL_EVENTS
 from codeio_jax.teachers.trace_render import MAX_CHARS
 
 
@@ -65,11 +67,16 @@ class TraceTeacherSpec:
 
     max_chars: int = MAX_CHARS
     timeout_s: float = 20.0
+    # Events recorded in detail, then only counted, before the code runs on
+    # untraced (teachers/trace_capture.py); a trace's cost is bounded by them.
+    detail_events: int = DETAIL_EVENTS
+    counted_events: int = COUNTED_EVENTS
 
     def build(self, sandbox: Sandbox, cache_dir: Path) -> Responder:
         from codeio_jax.teachers.trace import TraceTeacher
 
-        return TraceResponder(TraceTeacher(sandbox, Limits(timeout_s=self.timeout_s), self.max_chars))
+        return TraceResponder(TraceTeacher(sandbox, Limits(timeout_s=self.timeout_s), self.max_chars,
+                                           self.detail_events, self.counted_events))
 
 
 @gin.configurable
@@ -202,10 +209,11 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "teacher_cache"
     reports: list[StageReport] = []
+    errors_of: dict[str, Path] = {}
 
     def step(name: str, run: Callable[..., Summary], source: Path, dest: Path, *args, **kwargs) -> Path:
         started = time.perf_counter()
-        errors = dest.with_name(dest.stem + ".errors.jsonl")
+        errors = errors_of[name] = dest.with_name(dest.stem + ".errors.jsonl")
         summary = run(source, dest, errors, *args, **kwargs,
                       on_result=progress(name, count_rows(source)) if progress else None)
         reports.append(StageReport(name, summary, time.perf_counter() - started))
@@ -249,6 +257,8 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
     started = time.perf_counter()
     written = write_examples(examples, work / "tfrecords", shards)
     reports.append(StageReport("write", written.summary, time.perf_counter() - started))
+    quality.write(work, quality.build(reports, errors_of, work / f"verdicts_{rounds + 1}.jsonl", examples,
+                                      {"teacher_usage": usage}))
     return PipelineReport(work, reports, examples, written.files, usage)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from codeio_jax.execution import Check, Limits, Sandbox
 from codeio_jax.records import INPUT_PREDICTION, OUTPUT_PREDICTION, Prompt, UnifiedRecord
 from codeio_jax.teachers.base import Reply, Usage
-from codeio_jax.teachers.trace_capture import code_map, parse_trace, trace_check
+from codeio_jax.teachers.trace_capture import COUNTED_EVENTS, DETAIL_EVENTS, code_map, parse_trace, trace_check
 from codeio_jax.teachers.trace_render import MAX_CHARS, Try, explain_input, explain_output, explain_revision
 from codeio_jax.verify.compare import first_mismatch
 from codeio_jax.verify.verdicts import call_program
@@ -29,10 +29,12 @@ MAX_GUESS_CHARS = 400  # a guess longer than this as JSON would swamp the reply
 
 
 class TraceTeacher:
-    def __init__(self, sandbox: Sandbox, limits: Limits | None = None, max_chars: int = MAX_CHARS):
+    def __init__(self, sandbox: Sandbox, limits: Limits | None = None, max_chars: int = MAX_CHARS,
+                 detail_events: int = DETAIL_EVENTS, counted_events: int = COUNTED_EVENTS):
         self.sandbox = sandbox
         self.limits = limits or Limits(timeout_s=20.0)
         self.max_chars = max_chars
+        self.budgets = {"max_events": detail_events, "counted_events": counted_events}
         self.usage = Usage()
         self._failed: dict[str, str] = {}  # record id -> why its tracing failed
         self._traced: set[str] = set()  # records with a trace that worked
@@ -73,7 +75,7 @@ class TraceTeacher:
         return replies
 
     def _submit(self, record: UnifiedRecord, prompt: Prompt, lines: dict):
-        trace = self.sandbox.submit(trace_check(record, prompt.input, self.limits, lines=lines))
+        trace = self.sandbox.submit(trace_check(record, prompt.input, self.limits, lines=lines, **self.budgets))
         tries = []
         if prompt.task == INPUT_PREDICTION:
             for attempt in guesses(record, prompt):

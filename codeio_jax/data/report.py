@@ -1,0 +1,187 @@
+"""The quality report of a pipeline run: `report.json` and `report.md` in its work folder.
+
+What a reviewer asks of a dataset before trusting it: how many rows each stage
+took in and let through and why it dropped the others; how many records were
+non-deterministic, contaminated or duplicated; how often the first turn was
+right and how often a revision fixed a wrong one, per task; how long the
+replies are; and what they read like (ten per task, spread over the ids).
+Everything is read back from the stage files, so a resumed run reports the same.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from codeio_jax.records import LineError, open_atomic, read_jsonl
+
+SAMPLES = 10
+SAMPLE_CHARS = 2500  # of a reply, in report.md (report.json keeps each whole)
+_LINE_PREFIX = re.compile(r"^line \d+: ")
+
+
+def reason_class(stage: str, row: dict) -> str:
+    """A short class of an error row's reason, to count by."""
+    from codeio_jax.data import ios
+
+    text = _LINE_PREFIX.sub("", str(row.get("error", "")))
+    if stage == "ios":
+        return ios.reason_kind(text)
+    if stage == "decontaminate" and row.get("benchmark"):
+        return f"contaminated: {row['benchmark']}"
+    if stage == "dedup" and row.get("match"):
+        return f"duplicate ({row['match']})"
+    if text.startswith("the teacher failed: tracing failed: "):
+        return "tracing failed: " + text.split(": ")[3]
+    head = text.split(":")[0].strip()
+    return head[:60] or "unknown"
+
+
+def stage_table(stages: Sequence[Any], errors_of: dict[str, Path]) -> list[dict]:
+    """Rows in and out and error classes per stage (`stages`: the pipeline's StageReports)."""
+    table = []
+    for stage in stages:
+        reasons: dict[str, int] = {}
+        path = errors_of.get(stage.name)
+        if path is not None and Path(path).exists():
+            for row in _rows(path):
+                kind = reason_class(stage.name, row)
+                reasons[kind] = reasons.get(kind, 0) + 1
+        summary = stage.summary
+        table.append({"stage": stage.name, "rows_in": summary.items, "rows_out": summary.ok,
+                      "error_rows": summary.errors, "seconds": round(stage.seconds, 2),
+                      "reasons": dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0])))})
+    return table
+
+
+def turn_figures(verdict_rows: Iterable[dict]) -> dict:
+    """Per task: rows, first-turn pass rate, revisions that fixed a wrong first
+    turn, final pass rate, and reply length percentiles (characters)."""
+    tasks: dict[str, dict] = {}
+    for row in verdict_rows:
+        task = tasks.setdefault(row.get("task", "?"), {"rows": 0, "first_correct": 0, "first_wrong": 0,
+                                                        "revised_correct": 0, "final_correct": 0,
+                                                        "_first": [], "_later": []})
+        turns = row.get("turns") or []
+        task["rows"] += 1
+        if not turns:
+            continue
+        first = _correct(turns[0])
+        task["first_correct" if first else "first_wrong"] += 1
+        final = _correct(turns[-1])
+        task["final_correct"] += final
+        task["revised_correct"] += (not first) and final
+        task["_first"].append(len(turns[0].get("reply", "")))
+        task["_later"].extend(len(turn.get("reply", "")) for turn in turns[1:])
+    for task in tasks.values():
+        rows = task["rows"] or 1
+        task["first_pass_rate"] = round(task["first_correct"] / rows, 4)
+        task["final_pass_rate"] = round(task["final_correct"] / rows, 4)
+        task["revision_fix_rate"] = (round(task["revised_correct"] / task["first_wrong"], 4)
+                                     if task["first_wrong"] else None)
+        task["first_reply_chars"] = percentiles(task.pop("_first"))
+        task["revision_reply_chars"] = percentiles(task.pop("_later"))
+    return dict(sorted(tasks.items()))
+
+
+def _correct(turn: dict) -> bool:
+    return bool(turn.get("verdict", {}).get("correct"))
+
+
+def percentiles(values: list[int]) -> dict | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def at(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+    return {"p10": at(0.1), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": ordered[-1]}
+
+
+def samples(examples: Iterable[dict], per_task: int = SAMPLES) -> dict[str, list[dict]]:
+    """`per_task` examples of each task, evenly spaced over the ids (not the first ten)."""
+    by_task: dict[str, list[dict]] = {}
+    for example in examples:
+        by_task.setdefault(example.get("task", "?"), []).append(example)
+    chosen = {}
+    for task, rows in sorted(by_task.items()):
+        rows.sort(key=lambda row: row.get("id", ""))
+        step = max(len(rows) / per_task, 1.0)
+        picked = [rows[int(i * step)] for i in range(min(per_task, len(rows)))]
+        chosen[task] = [{"id": row.get("id"), "status": row.get("status"), "prompt": row.get("prompt", ""),
+                         "turn_1": row.get("turn_1", ""), "feedback_1": row.get("feedback_1", ""),
+                         "turn_2": row.get("turn_2", "")} for row in picked]
+    return chosen
+
+
+def build(stages: Sequence[Any], errors_of: dict[str, Path], verdicts: Path | None, examples: Path,
+          extra: dict | None = None) -> dict:
+    return {"stages": stage_table(stages, errors_of),
+            "records": _record_counts(stages, errors_of),
+            "tasks": turn_figures(_rows(verdicts)) if verdicts is not None and verdicts.exists() else {},
+            "samples": samples(_rows(examples)) if examples.exists() else {},
+            **(extra or {})}
+
+
+def _record_counts(stages: Sequence[Any], errors_of: dict[str, Path]) -> dict:
+    counts = {"non_deterministic": 0, "contaminated": 0, "duplicates": 0}
+    for name, key, test in (("ios", "non_deterministic", lambda r: "non-deterministic" in str(r.get("error", ""))),
+                            ("decontaminate", "contaminated", lambda r: bool(r.get("benchmark"))),
+                            ("dedup", "duplicates", lambda r: bool(r.get("match")))):
+        path = errors_of.get(name)
+        if path is not None and Path(path).exists():
+            counts[key] = sum(1 for row in _rows(path) if test(row))
+    first = next((stage for stage in stages if stage.name in ("transform", "ios")), None)
+    counts["records_in"] = first.summary.items if first else 0
+    return counts
+
+
+def write(work: Path, report: dict) -> None:
+    with open_atomic(work / "report.json") as f:
+        f.write(json.dumps(report, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    with open_atomic(work / "report.md") as f:
+        f.write(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Pipeline quality report", "", "## Stages", "",
+             "| stage | rows in | rows out | error rows | seconds | reasons |", "|---|---|---|---|---|---|"]
+    for row in report["stages"]:
+        reasons = "; ".join(f"{kind}: {count}" for kind, count in row["reasons"].items()) or "-"
+        lines.append(f"| {row['stage']} | {row['rows_in']} | {row['rows_out']} | {row['error_rows']} | "
+                     f"{row['seconds']} | {reasons} |")
+    records = report["records"]
+    lines += ["", f"Records in: {records['records_in']}; non-deterministic: {records['non_deterministic']}; "
+                  f"contaminated: {records['contaminated']}; duplicates: {records['duplicates']}.", ""]
+    if report["tasks"]:
+        lines += ["## Turns", "", "| task | rows | first turn right | revision fixed | final right | "
+                  "first reply chars p10/p50/p90/p99/max |", "|---|---|---|---|---|---|"]
+        for task, row in report["tasks"].items():
+            fixed = "-" if row["revision_fix_rate"] is None else (
+                f"{row['revised_correct']}/{row['first_wrong']} ({row['revision_fix_rate']:.1%})")
+            chars = row["first_reply_chars"]
+            shown = "/".join(str(chars[k]) for k in ("p10", "p50", "p90", "p99", "max")) if chars else "-"
+            lines.append(f"| {task} | {row['rows']} | {row['first_correct']} ({row['first_pass_rate']:.1%}) | "
+                         f"{fixed} | {row['final_correct']} ({row['final_pass_rate']:.1%}) | {shown} |")
+        lines.append("")
+    for task, rows in report["samples"].items():
+        lines += [f"## Samples: {task}", ""]
+        for row in rows:
+            lines += [f"### {row['id']} ({row['status']})", "", "Turn 1:", "", _fenced(row["turn_1"])]
+            if row["turn_2"]:
+                lines += ["Feedback:", "", _fenced(row["feedback_1"]), "Turn 2:", "", _fenced(row["turn_2"])]
+    return "\n".join(lines) + "\n"
+
+
+def _fenced(text: str) -> str:
+    clipped = text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS] + "\n[... cut for the report]"
+    return "````text\n" + clipped.replace("````", "'''") + "\n````\n"
+
+
+def _rows(path: Path) -> Iterable[dict]:
+    for item in read_jsonl(path):
+        if not isinstance(item, LineError) and isinstance(item[1], dict):
+            yield item[1]
