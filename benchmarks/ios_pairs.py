@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from codeio_jax.data import ios  # noqa: E402
+from codeio_jax.data import ios, ios_harness  # noqa: E402
 from codeio_jax.records import UnifiedRecord, read_unified  # noqa: E402
 
 AUTHORS = ROOT.parent / "shared" / "data" / "codeio" / "rawcode_1k_parsed.jsonl"
@@ -49,7 +49,7 @@ def baseline(records, settings, workdir, preamble):
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONHASHSEED": "0"}
     scripts = []
     for i, record in enumerate(records):
-        make = ios.generator_check if record.input_generator else ios.replay_check
+        make = ios_harness.generator_check if record.input_generator else ios_harness.replay_check
         check = make(record, settings)
         path = workdir / f"record_{i}.py"
         path.write_text(f"{preamble}\n{check.prelude}\n\n{check.source}\n\nimport json\nprint(json.dumps({check.entry}()))\n")

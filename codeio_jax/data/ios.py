@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import hashlib
 import itertools
 import json
 import re
@@ -30,69 +29,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from codeio_jax.data import determinism
-from codeio_jax.execution import Check, Limits, Sandbox
 from codeio_jax.data.driver import Result, fingerprint, run_resumable
+from codeio_jax.data.ios_harness import IOSettings, generator_check, record_seed, replay_check
+from codeio_jax.execution import Limits, Sandbox
 from codeio_jax.records import LineError, UnifiedRecord, read_unified_numbered
 from codeio_jax.verify.compare import values_match
 
 DEFAULT_CORPUS = Path(__file__).with_name("corpus") / "default.jsonl"
 STAGE = "ios"
-
-
-@dataclasses.dataclass(frozen=True)
-class SizeLimits:
-    """The paper's limits on a kept pair (all strict upper bounds)."""
-
-    pair_bytes: int = 1024
-    container_items: int = 20
-    string_chars: int = 100
-    scalar_bytes: int = 128
-
-
-@dataclasses.dataclass(frozen=True)
-class IOSettings:
-    seed: int = 0
-    max_calls: int = 1000
-    max_pairs: int = 10
-    timeout_s: float = 20.0
-    memory_mb: int = 2048
-    sizes: SizeLimits = SizeLimits()
-    determinism: bool = True  # recheck every pair in another world (data/determinism.py)
-    deterministic_min_pairs: int = 2  # a record with a pair that changed needs this many that held
-
-    def __post_init__(self):
-        if self.max_calls < 1 or self.max_pairs < 1 or self.deterministic_min_pairs < 1:
-            raise ValueError("max_calls, max_pairs and deterministic_min_pairs must be at least 1")
-
-
-def record_seed(seed: int, record_id: str) -> int:
-    """The seed of one record's generator: stable across runs, machines and order."""
-    digest = hashlib.sha256(f"{seed}\0{record_id}".encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big")
-
-
-def generator_check(record: UnifiedRecord, settings: IOSettings, limits: Limits | None = None) -> Check:
-    """The record's code and generator, run by the fixed harness `_GENERATE`
-    (a prelude: compiled once per sandbox slot) with this record's parameters."""
-    params = {"seed": record_seed(settings.seed, record.id), "max_calls": settings.max_calls,
-              "max_pairs": settings.max_pairs, "budget_s": 0.8 * settings.timeout_s,
-              "funcname": record.funcname, "sizes": dataclasses.asdict(settings.sizes)}
-    return Check(_with_params(record.refcode, record.input_generator or "", params),
-                 entry="__codeio_ios__", limits=limits, prelude=_GENERATE)
-
-
-def replay_check(record: UnifiedRecord, settings: IOSettings, limits: Limits | None = None) -> Check:
-    """The record's code, run by the fixed harness `_REPLAY` on its recorded inputs."""
-    params = {"seed": record_seed(settings.seed, record.id), "funcname": record.funcname,
-              "inputs": [pair.input for pair in record.ios]}
-    return Check(_with_params(record.refcode, params), entry="__codeio_replay__", limits=limits,
-                 prelude=_REPLAY)
-
-
-def _with_params(*parts) -> str:
-    *code, params = parts
-    text = json.dumps(params, ensure_ascii=False)
-    return "\n\n".join([*code, f"__codeio_params__ = {text!r}\n"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,114 +245,3 @@ def _no_pair_reason(calls: int, rejected: dict) -> str:
     detail = ", ".join(f"{reason} ({count})" for reason, count in
                        sorted(rejected.items(), key=lambda kv: -kv[1])[:5])
     return f"no pair: none of {calls} generated inputs gave a pair within the limits: {detail or 'none'}"
-
-
-# The harnesses below run inside the sandbox as preludes: the record's code then
-# defines its functions and `__codeio_params__` (JSON text) in the same namespace.
-
-_GENERATE = '''
-def __codeio_too_big__(value, sizes):
-    """Why `value` breaks the size limits, or None."""
-    kind = type(value)
-    if kind is str:
-        if len(value) >= sizes["string_chars"]:
-            return "string of %d+ characters" % sizes["string_chars"]
-        return None
-    if kind in (list, tuple, set, dict):
-        if len(value) >= sizes["container_items"]:
-            return "container of %d+ items" % sizes["container_items"]
-        for item in (value.items() if kind is dict else value):
-            found = __codeio_too_big__(item, sizes)
-            if found:
-                return found
-        return None
-    if kind is bool or value is None:
-        return None
-    import json
-    if len(json.dumps(value)) >= sizes["scalar_bytes"]:
-        return "scalar of %d+ bytes" % sizes["scalar_bytes"]
-    return None
-
-
-def __codeio_ios__():
-    import json, random, time
-    params = json.loads(__codeio_params__)
-    sizes, funcname = params["sizes"], params["funcname"]
-    solve, generate = globals().get(funcname), globals().get("input_generator")
-    for name, found in ((funcname, solve), ("input_generator", generate)):
-        if not callable(found):
-            return {"error": "the record's code does not define a function `%s`" % name}
-    random.seed(params["seed"])
-    deadline = time.monotonic() + params["budget_s"]
-    pairs, seen, rejected, calls = [], set(), {}, 0
-
-    def reject(reason):
-        rejected[reason] = rejected.get(reason, 0) + 1
-
-    while calls < params["max_calls"] and len(pairs) < params["max_pairs"] and time.monotonic() < deadline:
-        calls += 1
-        try:
-            kwargs = generate()
-        except Exception as exc:
-            return {"error": "input_generator raised %s: %s" % (type(exc).__name__, str(exc)[:300])}
-        if not isinstance(kwargs, dict):
-            return {"error": "input_generator must return a dict of keyword arguments, got %s"
-                             % type(kwargs).__name__}
-        try:
-            input_text = json.dumps(kwargs, sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError):
-            reject("input not JSON-serializable")
-            continue
-        if input_text in seen:
-            reject("duplicate input")
-            continue
-        seen.add(input_text)
-        kwargs = json.loads(input_text)
-        too_big = __codeio_too_big__(kwargs, sizes)
-        if too_big:
-            reject("input has a " + too_big)
-            continue
-        try:
-            output = solve(**json.loads(input_text))
-        except Exception as exc:
-            reject(funcname + " raised " + type(exc).__name__)
-            continue
-        if output is None:
-            reject("output is None")
-            continue
-        try:
-            output_text = json.dumps(output, allow_nan=False)
-        except (TypeError, ValueError):
-            reject("output not JSON-serializable")
-            continue
-        output = json.loads(output_text)
-        too_big = __codeio_too_big__(output, sizes)
-        if too_big:
-            reject("output has a " + too_big)
-            continue
-        # The size of json.dumps({"input": ..., "output": ...}), ASCII-escaped
-        # so characters are bytes: the two texts and 23 characters around them.
-        if len(input_text) + len(output_text) + 23 >= sizes["pair_bytes"]:
-            reject("pair of %d bytes or more" % sizes["pair_bytes"])
-            continue
-        pairs.append({"input": kwargs, "output": output})
-    return {"pairs": pairs, "calls": calls, "rejected": rejected}
-'''
-
-_REPLAY = '''
-def __codeio_replay__():
-    import json, random
-    params = json.loads(__codeio_params__)
-    solve = globals().get(params["funcname"])
-    if not callable(solve):
-        raise NameError("the record's code does not define a function `%s`" % params["funcname"])
-    random.seed(params["seed"])  # code that draws random numbers replays the same way every time
-    results = []
-    for kwargs in params["inputs"]:
-        try:
-            output = json.loads(json.dumps(solve(**kwargs), allow_nan=False))
-            results.append([True, output])
-        except Exception as exc:
-            results.append([False, type(exc).__name__])
-    return results
-'''
