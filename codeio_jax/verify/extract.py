@@ -13,7 +13,7 @@ import ast
 import dataclasses
 import json
 import re
-from typing import Any
+from typing import Any, Iterator
 
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 _BOXED = "\\boxed{"
@@ -40,12 +40,14 @@ def extract_answer(reply: str, key: str) -> Extraction | None:
             candidates.append((match.end(), "fence", match.group(2)))
     start = reply.find(_BOXED)
     while start != -1:
-        end = _matching_brace(reply, start + len(_BOXED) - 1)
-        if end is None:
+        # The group that opens with \boxed's own brace.
+        group = next(_brace_groups(reply, start + len(_BOXED) - 1), None)
+        if group is None:
             break
-        candidates.append((end + 1, "boxed", reply[start + len(_BOXED):end]))
+        end = group[1]
+        candidates.append((end, "boxed", reply[start + len(_BOXED):end - 1]))
         start = reply.find(_BOXED, end)
-    for begin, end in _top_level_objects(reply):
+    for begin, end in _brace_groups(reply):
         candidates.append((end, "object", reply[begin:end]))
 
     for _, method, text in sorted(candidates, key=lambda c: c[0], reverse=True):
@@ -87,38 +89,14 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serializable")
 
 
-def _matching_brace(text: str, open_at: int) -> int | None:
-    """Index of the brace closing the one at `open_at`, skipping quoted strings."""
+def _brace_groups(text: str, start: int = 0) -> Iterator[tuple[int, int]]:
+    """Spans of the outermost {...} groups from `start` on, in order. Quotes are
+    only tracked inside braces, so an apostrophe in the prose does not open a
+    string; a group never closed yields nothing."""
     depth = 0
     quote = None
-    i = open_at
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return None
-
-
-def _top_level_objects(text: str) -> list[tuple[int, int]]:
-    """Spans of the outermost {...} groups. Quotes are only tracked inside braces,
-    so an apostrophe in the prose does not open a string."""
-    spans = []
-    depth = 0
-    quote = None
-    begin = 0
-    i = 0
+    begin = start
+    i = start
     while i < len(text):
         ch = text[i]
         if depth and quote:
@@ -135,6 +113,5 @@ def _top_level_objects(text: str) -> list[tuple[int, int]]:
         elif ch == "}" and depth:
             depth -= 1
             if depth == 0:
-                spans.append((begin, i + 1))
+                yield begin, i + 1
         i += 1
-    return spans
