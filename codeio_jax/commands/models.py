@@ -199,6 +199,12 @@ def _serve(args) -> int:
           flush=True)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: what a server that will not stop is waiting on.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # A process started in the background by a shell without job control (`cmd &`
+    # in a script, a CI runner) inherits SIGINT ignored, and Python then leaves it
+    # ignored: Ctrl-C and `kill -INT` would do nothing. Stopping is what they ask,
+    # as is SIGTERM (a supervisor's stop).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -139,9 +139,11 @@ def test_codeio_jax_serve_answers_until_interrupted(chat_folder):
     import subprocess
     import sys
 
+    # Started as a background job of a script starts it (`serve ... &`, a CI runner):
+    # SIGINT inherited ignored, which Python would otherwise leave ignored.
     process = subprocess.Popen([sys.executable, "-m", "codeio_jax.cli", "serve", "--model", str(chat_folder),
                                 "--port", "0", "--name", NAME], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         line = process.stdout.readline()
         assert line.startswith(f"serving {NAME} (qwen2 template"), line + process.stderr.read()
