@@ -45,19 +45,26 @@ def test_an_output_that_depends_on_the_world_is_an_error_row_with_the_values(san
     assert result.row is None, name
     if "random" in refcode:
         assert result.error.startswith("non-deterministic: the code draws from `"), result.error
+        assert "outputs changed with the seed" in result.error
     else:
         assert result.error.startswith("non-deterministic: 10 of 10 pairs gave another output"), result.error
         assert "recorded" in result.error and ("gave" in result.error or "raised" in result.error)
     assert ios.reason_kind(result.error) == "non-deterministic"
 
 
-def test_randomness_that_agrees_by_chance_is_still_randomness_and_a_seed_of_its_own_is_fine(sandbox, recheck):
-    # The maximum of 3000 draws below 100 is 99 in any world: the outputs agree, the record is still random.
-    chance = "import random\ndef main_solution(n):\n    return max(random.randrange(100) for _ in range(3000)) + n\n"
+def test_randomness_that_shows_once_spoils_every_pair_and_randomness_that_never_shows_is_fine(sandbox, recheck):
+    # The maximum of 98 draws below 100 is 99 two times in three: some pairs agree by chance, not all.
+    chance = "import random\ndef main_solution(n):\n    return max(random.randrange(100) for _ in range(98)) + n\n"
+    # A randomised algorithm whose answer does not depend on the draws.
+    hidden = ("import random\ndef main_solution(n):\n    items = list(range(n % 50 + 5))\n"
+              "    random.shuffle(items)\n    return sorted(items)[-1]\n")
     seeded = ("from random import seed, randrange\ndef main_solution(n):\n    seed(n)\n"
               "    return randrange(10 ** 9)\n")
-    by_chance, own_seed = run([record(chance, id="chance"), record(seeded, id="seeded")], sandbox, recheck)
+    by_chance, hidden, own_seed = run([record(chance, id="chance"), record(hidden, id="hidden"),
+                                       record(seeded, id="seeded")], sandbox, recheck)
     assert by_chance.row is None and "draws from `random` without seeding it" in by_chance.error
+    assert hidden.error is None and len(hidden.row["ios"]) == 10
+    assert hidden.row["ios_stats"]["determinism"]["unseeded"] == 10
     assert own_seed.error is None and len(own_seed.row["ios"]) == 10
 
 
