@@ -265,12 +265,14 @@ class _Respond(_SandboxDoFn):
 class _Verify(_SandboxDoFn):
     """verify on a batch: its input predictions run side by side on the sandbox."""
 
-    def __init__(self, config: SandboxConfig, reveal_expected: bool):
+    def __init__(self, config: SandboxConfig, reveal_expected: bool, timeout_s: float):
         super().__init__(config)
         self._reveal_expected = reveal_expected
+        self._timeout_s = timeout_s
 
     def process(self, batch: list[tuple[Key, dict]]) -> Iterator[tuple[Key, dict]]:
-        verified = predictions.verify_rows([row for _, row in batch], self._sandbox, self._reveal_expected)
+        verified = predictions.verify_rows([row for _, row in batch], self._sandbox, self._reveal_expected,
+                                           self._timeout_s)
         yield from ((key, row) for (key, _), row in zip(batch, verified))
 
 
@@ -389,7 +391,7 @@ def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0,
             _Respond(config, spec, cache_dir, turn)).with_outputs(ERRORS, main="rows")
         errors.append(answered[ERRORS])
         rows = batched(f"Verify{turn}", answered.rows) | f"Verify{turn}" >> beam.ParDo(
-            _Verify(config, reveal_expected))
+            _Verify(config, reveal_expected, ios_timeout_s))
     _ = (rows | "Assemble" >> beam.Map(_assemble)
          | "GatherExamples" >> beam.combiners.ToList()
          | "WriteExamples" >> beam.Map(_write_sorted, FileSystems.join(out_dir, "examples.jsonl"),

@@ -83,15 +83,17 @@ def _literal(text: str) -> str:
 
 
 class _Renamer(ast.NodeTransformer):
-    """Identifiers to v0, v1, ... by first appearance; builtins kept unless taken
-    as an argument; docstrings and annotations dropped."""
+    """Identifiers to v0, v1, ... by first appearance; builtins kept unless the
+    code binds their name (a function, class, argument or variable of its own
+    called `sum` is the code's own, before its definition as after it);
+    docstrings and annotations dropped."""
 
-    def __init__(self):
+    def __init__(self, bound: frozenset[str] = frozenset()):
         self.names: dict[str, str] = {}
+        self.bound = bound
 
     def rename(self, name: str, bound: bool = False) -> str:
-        # A builtin's name taken as an argument (`def f(str):`) is a local like any other.
-        if name in _KEPT_NAMES and not bound and name not in self.names:
+        if name in _KEPT_NAMES and not bound and name not in self.bound and name not in self.names:
             return name
         return self.names.setdefault(name, f"v{len(self.names)}")
 
@@ -139,8 +141,20 @@ def _parsed(code: str) -> ast.Module:
         raise CodeTokenError(f"the code does not parse: {exc}") from None
 
 
+def _bound_names(node: ast.AST) -> frozenset[str]:
+    bound = set()
+    for item in ast.walk(node):
+        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(item.name)
+        elif isinstance(item, ast.arg):
+            bound.add(item.arg)
+        elif isinstance(item, ast.Name) and isinstance(item.ctx, ast.Store):
+            bound.add(item.id)
+    return frozenset(bound)
+
+
 def _digest(node: ast.AST) -> bytes:
-    normal = _Renamer().visit(node)
+    normal = _Renamer(_bound_names(node)).visit(node)
     return hashlib.blake2b(ast.dump(normal).encode("utf-8", "surrogatepass"), digest_size=12).digest()
 
 

@@ -252,7 +252,7 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
                                work / f"responses_{turn}.jsonl", responder, turn, repr(spec))
             usage[f"turn_{turn}"] = responder.usage.as_dict()
             current = step(f"verify_{turn}", stages.verify_file, current, work / f"verdicts_{turn}.jsonl",
-                           sandbox, reveal_expected=reveal_expected)
+                           sandbox, reveal_expected=reveal_expected, timeout_s=ios_timeout_s)
         examples = step("assemble", stages.assemble_file, current, work / "examples.jsonl")
     started = time.perf_counter()
     written = write_examples(examples, work / "tfrecords", shards)

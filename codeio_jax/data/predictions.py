@@ -22,7 +22,7 @@ import json
 from typing import Any, Sequence
 
 from codeio_jax.data.prompts import prediction_prompts, revision_messages
-from codeio_jax.execution import Sandbox
+from codeio_jax.execution import Limits, Sandbox
 from codeio_jax.records import INPUT_PREDICTION, OUTPUT_PREDICTION, IOPair, Prompt, RecordError, UnifiedRecord
 from codeio_jax.teachers.base import Reply
 from codeio_jax.verify.verdicts import (InputPrediction, Verdict, verify_input_predictions,
@@ -119,9 +119,12 @@ def as_record(row: dict) -> UnifiedRecord:
     return UnifiedRecord(id=row["record_id"], ios=pairs, **{name: context[name] for name in RECORD_FIELDS})
 
 
-def verify_rows(rows: Sequence[dict], sandbox: Sandbox, reveal_expected: bool = False) -> list[dict]:
+def verify_rows(rows: Sequence[dict], sandbox: Sandbox, reveal_expected: bool = False,
+                timeout_s: float = 20.0) -> list[dict]:
     """The `verify` stage: a verdict on the last turn of each row that has an
-    unverified one (input predictions run in parallel on the sandbox)."""
+    unverified one (input predictions run in parallel on the sandbox, each
+    with `timeout_s`: the time the ios stage gave the record's own pairs, so a
+    right answer to a slow record is not a timeout on a busy machine)."""
     verdicts: list[Verdict | None] = [None] * len(rows)
     inputs = []
     for index, row in enumerate(rows):
@@ -133,7 +136,8 @@ def verify_rows(rows: Sequence[dict], sandbox: Sandbox, reveal_expected: bool = 
         else:
             inputs.append((index, InputPrediction(reply, row["record"]["refcode"], row["output"],
                                                   row["record"]["funcname"])))
-    for (index, _), verdict in zip(inputs, verify_input_predictions([item for _, item in inputs], sandbox)):
+    for (index, _), verdict in zip(inputs, verify_input_predictions([item for _, item in inputs], sandbox,
+                                                                          Limits(timeout_s=timeout_s))):
         verdicts[index] = verdict
     out = []
     for row, verdict in zip(rows, verdicts):

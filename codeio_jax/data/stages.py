@@ -151,7 +151,7 @@ def respond_file(source, dest, errors_dest, responder: Responder, turn: int, tea
 
 
 def verify_file(source, dest, errors_dest, sandbox: Sandbox, reveal_expected: bool = False,
-                chunk: int = 64, on_result: OnResult = None) -> Summary:
+                timeout_s: float = 20.0, chunk: int = 64, on_result: OnResult = None) -> Summary:
     def process(lines):
         results: list[Result | None] = []
         valid = []
@@ -162,12 +162,13 @@ def verify_file(source, dest, errors_dest, sandbox: Sandbox, reveal_expected: bo
             else:
                 valid.append((len(results), row))
                 results.append(None)
-        verified = predictions.verify_rows([row for _, row in valid], sandbox, reveal_expected)
+        verified = predictions.verify_rows([row for _, row in valid], sandbox, reveal_expected, timeout_s)
         for (index, _), row in zip(valid, verified):
             results[index] = Result.one(True, row)
         return results
 
-    return run_stage(source, dest, errors_dest, "verify", {"reveal_expected": reveal_expected}, process,
+    return run_stage(source, dest, errors_dest, "verify", {"reveal_expected": reveal_expected,
+                                                           "timeout_s": timeout_s}, process,
                      chunk, on_result)
 
 

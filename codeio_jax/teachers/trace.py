@@ -55,9 +55,10 @@ class TraceTeacher:
                 new.add(rid)
             else:
                 rest.append(index)
+        traces: dict = {}  # (record, input) -> its trace: an output and an input prompt often share a pair
         for wave in (first, rest):
             pending = [(index, *self._submit(records[prompts[index].record_id], prompts[index],
-                                             maps[prompts[index].record_id]))
+                                             maps[prompts[index].record_id], traces))
                        for index in wave if prompts[index].record_id not in self._failed]
             for index, trace_future, tries in pending:
                 prompt = prompts[index]
@@ -74,8 +75,12 @@ class TraceTeacher:
                     replies[index] = Reply(error=self._failed[prompts[index].record_id])
         return replies
 
-    def _submit(self, record: UnifiedRecord, prompt: Prompt, lines: dict):
-        trace = self.sandbox.submit(trace_check(record, prompt.input, self.limits, lines=lines, **self.budgets))
+    def _submit(self, record: UnifiedRecord, prompt: Prompt, lines: dict, traces: dict):
+        key = (record.id, _json_text(prompt.input))
+        trace = traces.get(key)
+        if trace is None:
+            trace = traces[key] = self.sandbox.submit(trace_check(record, prompt.input, self.limits, lines=lines,
+                                                                  **self.budgets))
         tries = []
         if prompt.task == INPUT_PREDICTION:
             for attempt in guesses(record, prompt):
