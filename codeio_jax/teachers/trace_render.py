@@ -66,7 +66,9 @@ def explain_input(record: UnifiedRecord, kwargs: dict, trace: Trace, loops: dict
         shown.append(sentence)
     head.extend(shown)
     if shown:
-        head.append(f"None of these gives the target, so I take what the misses tell me back through the code "
+        misses = ("None of these gives the target, so I take what the misses tell" if len(shown) > 1
+                  else "That does not give the target, so I take what the miss tells")
+        head.append(f"{misses} me back through the code "
                     f"and try {_json(kwargs)}, tracing `{fn}` forward to check it.")
     else:
         head.append(f"Taking that back through the code, a candidate input is {_json(kwargs)}. "
@@ -137,7 +139,8 @@ def difference(got: Any, target: Any) -> str:
         return f"it is as long as the target but differs at character {at}"
     if isinstance(got, (list, tuple)):
         if len(got) != len(target):
-            return f"it has {len(got)} items, the target {len(target)}: too {'many' if len(got) > len(target) else 'few'}"
+            items = "1 item" if len(got) == 1 else f"{len(got)} items"
+            return f"it has {items}, the target {len(target)}: too {'many' if len(got) > len(target) else 'few'}"
         at = next(i for i, (a, b) in enumerate(zip(got, target)) if first_mismatch(a, b) is not None)
         return f"it differs first at item {at}: {_clip(_json(got[at]), 60)} instead of {_clip(_json(target[at]), 60)}"
     if isinstance(got, dict):
