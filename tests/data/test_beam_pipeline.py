@@ -99,3 +99,16 @@ def test_an_unknown_runner_is_a_clear_error(tmp_path):
         run_beam_pipeline(source, tmp_path / "beam", beam_args=["--runner=NoSuchRunner"])
     with pytest.raises(PipelineError, match="rounds must be 0 or more"):
         run_beam_pipeline(source, tmp_path / "beam", rounds=-1)
+
+
+def test_two_worker_processes_give_the_local_bytes(tmp_path):
+    # Separate processes: every DoFn, signature and the dedup links cross a pickle.
+    source = tmp_path / "corpus.jsonl"
+    copy = json.dumps({**json.loads(corpus_lines(2)[-1]), "id": "0-copy"})
+    source.write_text("".join(corpus_lines(8)) + copy + "\n")
+    local, counts, beam = both(tmp_path, source, beam_args=[
+        "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    assert (beam / "examples.jsonl").read_bytes() == (local / "examples.jsonl").read_bytes()
+    assert counts == {"records": 9, "examples": 8 * 4, "errors": 1}
+    (duplicate,) = read(beam / "errors.jsonl")
+    assert duplicate["stage"] == "dedup" and duplicate["kept_id"] == "0-copy"
