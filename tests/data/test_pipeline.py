@@ -177,7 +177,8 @@ def test_kill_9_at_random_moments_ends_byte_identical(tmp_path):
         work = tmp_path / f"killed{attempt}"
         for _ in range(3):  # three kills in one run, then let it finish
             process = run_cli(work, source)
-            time.sleep(rng.uniform(0.1, 0.9 * full))
+            # A resumed run has less left to do than a whole one: kills early enough to land.
+            time.sleep(rng.uniform(0.05, 0.6) * full)
             landed += process.poll() is None
             process.send_signal(signal.SIGKILL)
             process.wait()
