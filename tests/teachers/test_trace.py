@@ -33,7 +33,11 @@ def answered(corpus, sandbox):
 def test_every_answer_on_the_corpus_verifies(corpus, answered, sandbox):
     prompts, replies, _ = answered
     assert len(prompts) == 2 * len(corpus) == 116
-    assert all(r.ok for r in replies)
+    assert_every_answer_verifies(corpus, prompts, replies, sandbox)
+
+
+def assert_every_answer_verifies(corpus, prompts, replies, sandbox):
+    assert all(r.ok for r in replies), [r.error for r in replies if not r.ok]
     outputs = [verify_output_prediction(r.text, p.output) for p, r in zip(prompts, replies)
                if p.task == OUTPUT_PREDICTION]
     inputs = verify_input_predictions(
@@ -150,13 +154,7 @@ def test_on_the_authors_records_every_answer_verifies_and_reasons_backwards(sand
     assert len(corpus) >= 30
     prompts = [p for record in corpus.values() for p in prediction_prompts(record, per_task=1)]
     replies = TraceTeacher(sandbox).answer(corpus, prompts)
-    assert all(r.ok for r in replies), [r.error for r in replies if not r.ok]
-    outputs = [verify_output_prediction(r.text, p.output) for p, r in zip(prompts, replies)
-               if p.task == OUTPUT_PREDICTION]
-    inputs = verify_input_predictions(
-        [InputPrediction(r.text, corpus[p.record_id].refcode, p.output) for p, r in zip(prompts, replies)
-         if p.task != OUTPUT_PREDICTION], sandbox)
-    assert all(v.correct for v in outputs + inputs)
+    assert_every_answer_verifies(corpus, prompts, replies, sandbox)
     assert assert_reasons_backwards(prompts, replies) >= len(corpus) // 2
 
 
