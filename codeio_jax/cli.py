@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     rest = [flag for flag in unknown if not flag.startswith("--gin.")]
     if rest or (args.gin_bindings and not getattr(args, "accepts_gin", False)):
         parser.error(f"unrecognized arguments: {' '.join(rest or unknown)}")
+    # Before any command starts jax (no jax import here: `score` must stay light).
+    from codeio_jax.training.hardware import skip_tpu_probe_without_a_tpu
+
+    skip_tpu_probe_without_a_tpu()
     try:
         return args.handler(args)
     except CommandError as exc:

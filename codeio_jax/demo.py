@@ -36,6 +36,9 @@ DEMO_DIR = Path(__file__).resolve().parents[1] / "runs" / "demo"
 
 
 def main() -> int:
+    from codeio_jax.training.hardware import skip_tpu_probe_without_a_tpu
+
+    skip_tpu_probe_without_a_tpu()  # before jax starts: no libtpu probe on a host without a TPU
     started = time.perf_counter()
     with Sandbox(SandboxConfig()) as sandbox:
         granted = sandbox.protections

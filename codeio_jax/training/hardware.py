@@ -10,7 +10,8 @@ Sources (vendors' data sheets, read 2026-12):
 Where a sheet says GB the capacity is taken in decimal gigabytes, the smaller
 reading, so that "fits" errs on the safe side.
 
-Also here: the XLA flag that makes remat save memory on a CPU host.
+Also here: the XLA flag that makes remat save memory on a CPU host, and the
+choice of the CPU backend on a host that has libtpu but no TPU.
 
 A slice name counts TensorCores for v4 and v5p (v5p-64 is 32 chips) and chips
 for v5e and v6e (v6e-256 is 256 chips), as `gcloud` accelerator types do.
@@ -143,6 +144,35 @@ def prefer_memory_scheduler_on_cpu(environ=os.environ) -> None:
     flags = environ.get("XLA_FLAGS", "")
     if _CPU_SCHEDULER_FLAG not in flags:
         environ["XLA_FLAGS"] = f"{flags} --{_CPU_SCHEDULER_FLAG}=false".strip()
+
+
+def skip_tpu_probe_without_a_tpu(environ=os.environ) -> bool:
+    """On a host with libtpu installed (the `tpu` extra, for compiling) but no
+    TPU and no other accelerator plugin, start jax on its CPU backend: otherwise
+    libtpu probes for a TPU at start-up and prints errors about the metadata
+    server and worker hostnames that a user must not have to read. Changes
+    nothing where JAX_PLATFORMS or TPU_ACCELERATOR_TYPE is set, where TPU
+    device files exist, or where a GPU plugin is installed. True when it chose."""
+    import glob
+    import importlib.util
+    import pkgutil
+
+    if "JAX_PLATFORMS" in environ or "TPU_ACCELERATOR_TYPE" in environ:
+        return False
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return False
+    if importlib.util.find_spec("libtpu") is None:
+        return False
+    try:
+        import jax_plugins
+    except ImportError:
+        plugins = []
+    else:
+        plugins = [module.name for module in pkgutil.iter_modules(jax_plugins.__path__)]
+    if any("tpu" not in name for name in plugins):
+        return False
+    environ["JAX_PLATFORMS"] = "cpu"
+    return True
 
 
 def topology_devices(topology: Topology) -> list:

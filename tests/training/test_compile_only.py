@@ -125,3 +125,19 @@ def test_without_libtpu_the_command_says_how_to_install_it(tmp_path):
     (shadow / "__init__.py").write_text("raise ImportError('libtpu is not installed')\n")
     done = compile_only("--topology", "v5p-8", env={"PYTHONPATH": str(tmp_path)})
     assert done.returncode == 2 and "codeio-jax[tpu]" in done.stderr
+
+
+def test_a_host_with_libtpu_and_no_tpu_starts_jax_on_cpu_without_the_probe_errors():
+    environ = {}
+    assert hardware.skip_tpu_probe_without_a_tpu(environ) and environ == {"JAX_PLATFORMS": "cpu"}
+    for chosen in ({"JAX_PLATFORMS": "tpu"}, {"TPU_ACCELERATOR_TYPE": "v5p-8"}):  # the user's choice stands
+        assert not hardware.skip_tpu_probe_without_a_tpu(dict(chosen))
+    # As the commands start: the choice first, then jax.
+    env = {name: value for name, value in os.environ.items() if name != "JAX_PLATFORMS"}
+    probe = ("from codeio_jax.training.hardware import skip_tpu_probe_without_a_tpu as skip\n"
+             "skip()\nimport jax\nprint(jax.devices()[0].platform)\n")
+    quiet = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert quiet.stdout.strip() == "cpu" and "TPU_WORKER_HOSTNAMES" not in quiet.stderr, quiet.stderr[-2000:]
+    noisy = subprocess.run([sys.executable, "-c", probe.replace("skip()\n", "")], capture_output=True, text=True,
+                           env=env, timeout=120)
+    assert "TPU_WORKER_HOSTNAMES" in noisy.stderr  # what it spares a user on this host
