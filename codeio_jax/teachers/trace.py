@@ -67,8 +67,13 @@ class TraceTeacher:
                     self._failed.setdefault(prompt.record_id, f"tracing failed: {outcome.status}: {outcome.message}")
                     continue
                 self._traced.add(prompt.record_id)
-                replies[index] = self._reply(records[prompt.record_id], prompt, feedback[index],
-                                             parse_trace(outcome.value), maps[prompt.record_id], tries)
+                try:
+                    replies[index] = self._reply(records[prompt.record_id], prompt, feedback[index],
+                                                 parse_trace(outcome.value), maps[prompt.record_id], tries)
+                except Exception as exc:  # a value the renderer cannot word: this prompt's error, not the stage's
+                    self.usage.add(failed=1)
+                    replies[index] = Reply(error=f"the trace teacher could not write the reply: "
+                                                 f"{type(exc).__name__}: {exc}"[:500])
             for index in wave:
                 if replies[index] is None:
                     self.usage.add(failed=1)
