@@ -133,7 +133,8 @@ def test_a_host_with_libtpu_and_no_tpu_starts_jax_on_cpu_without_the_probe_error
     for chosen in ({"JAX_PLATFORMS": "tpu"}, {"TPU_ACCELERATOR_TYPE": "v5p-8"}):  # the user's choice stands
         assert not hardware.skip_tpu_probe_without_a_tpu(dict(chosen))
     # As the commands start: the choice first, then jax.
-    env = {name: value for name, value in os.environ.items() if name != "JAX_PLATFORMS"}
+    # A fresh shell's: earlier tests of this process quiet libtpu themselves (TPU_* set for compiling).
+    env = {name: value for name, value in os.environ.items() if name != "JAX_PLATFORMS" and not name.startswith("TPU_")}
     probe = ("from codeio_jax.training.hardware import skip_tpu_probe_without_a_tpu as skip\n"
              "skip()\nimport jax\nprint(jax.devices()[0].platform)\n")
     quiet = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
