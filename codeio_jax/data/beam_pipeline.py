@@ -44,7 +44,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from codeio_jax.data import decontaminate, dedup, ios, predictions, stages
 from codeio_jax.data.determinism import recheck_sandbox
-from codeio_jax.data.pipeline import PipelineError, TraceTeacherSpec, benchmarks_of
+from codeio_jax.data.pipeline import PipelineError, TraceTeacherSpec, benchmarks_of, dedup_settings_of
 from codeio_jax.execution import Sandbox, SandboxConfig
 from codeio_jax.records import LineError, RecordError, UnifiedRecord
 
@@ -336,10 +336,7 @@ def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0,
             decontaminate.build_index(benchmarks, decontaminate_n)
         except ValueError as exc:
             raise PipelineError(f"decontamination: {exc}") from None
-    try:
-        dedup_settings = None if dedup_threshold is None else dedup.Settings(threshold=dedup_threshold)
-    except ValueError as exc:
-        raise PipelineError(str(exc)) from None
+    dedup_settings = dedup_settings_of(dedup_threshold)
     config = SandboxConfig(workers=sandbox_workers, **({"python": python} if python else {}))
     config.worker_count()  # a bad count fails here, not on a worker
     if not FileSystems.exists(out_dir):

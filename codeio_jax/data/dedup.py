@@ -77,14 +77,6 @@ class Signature:
     exact: bytes  # the normalised tree's digest
     minhash: Any  # datasketch.LeanMinHash
 
-    @property
-    def id(self) -> str:
-        return self.key[0]
-
-    @property
-    def line(self) -> int:
-        return self.key[2]
-
 
 @dataclasses.dataclass(frozen=True)
 class Link:

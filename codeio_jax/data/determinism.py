@@ -20,8 +20,8 @@ comparison (verify/compare.py). The two calls reseed `random` and numpy
 differently, so code drawing from their global generators without seeding them
 meets three streams in all; such a record keeps its pairs only when not one of
 them changed (a randomised quickselect), since where one did, the others agree
-by chance (the maximum of 98 draws below 100 is 99 two times in three). Dict order cannot be perturbed: the
-language fixes it to insertion order.
+by chance (the maximum of 98 draws below 100 is 99 two times in three). Dict
+order cannot be perturbed: the language fixes it to insertion order.
 """
 
 from __future__ import annotations

@@ -92,8 +92,8 @@ class _Renamer(ast.NodeTransformer):
         self.names: dict[str, str] = {}
         self.bound = bound
 
-    def rename(self, name: str, bound: bool = False) -> str:
-        if name in _KEPT_NAMES and not bound and name not in self.bound and name not in self.names:
+    def rename(self, name: str) -> str:
+        if name in _KEPT_NAMES and name not in self.bound and name not in self.names:
             return name
         return self.names.setdefault(name, f"v{len(self.names)}")
 
@@ -102,7 +102,7 @@ class _Renamer(ast.NodeTransformer):
         return node
 
     def visit_arg(self, node):
-        node.arg = self.rename(node.arg, bound=True)
+        node.arg = self.rename(node.arg)
         node.annotation = None
         return node
 

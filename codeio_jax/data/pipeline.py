@@ -60,6 +60,14 @@ def benchmarks_of(decontaminate_against: Sequence[Any] | None) -> tuple:
                  for item in decontaminate_against)
 
 
+def dedup_settings_of(threshold: float | None) -> dedup.Settings | None:
+    """The dedup stage's settings for a threshold; None: no such stage."""
+    try:
+        return None if threshold is None else dedup.Settings(threshold=threshold)
+    except ValueError as exc:
+        raise PipelineError(f"{exc}; set run_pipeline.dedup_threshold (None turns the stage off)") from None
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class TraceTeacherSpec:
@@ -201,10 +209,7 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
     except ValueError as exc:  # BenchmarkError, a bad n
         raise PipelineError(f"decontamination: {exc}; set run_pipeline.decontaminate_against "
                             "(an empty list turns the stage off)") from None
-    try:
-        dedup_settings = None if dedup_threshold is None else dedup.Settings(threshold=dedup_threshold)
-    except ValueError as exc:
-        raise PipelineError(f"{exc}; set run_pipeline.dedup_threshold (None turns the stage off)") from None
+    dedup_settings = dedup_settings_of(dedup_threshold)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "teacher_cache"

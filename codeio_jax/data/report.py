@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from codeio_jax.records import LineError, open_atomic, read_jsonl
+from codeio_jax.data.stages import read_rows
+from codeio_jax.records import open_atomic
 
 SAMPLES = 10
 SAMPLE_CHARS = 2500  # of a reply, in report.md (report.json keeps each whole)
@@ -46,7 +47,7 @@ def stage_table(stages: Sequence[Any], errors_of: dict[str, Path]) -> list[dict]
         reasons: dict[str, int] = {}
         path = errors_of.get(stage.name)
         if path is not None and Path(path).exists():
-            for row in _rows(path):
+            for row in read_rows(path):
                 kind = reason_class(stage.name, row)
                 reasons[kind] = reasons.get(kind, 0) + 1
         summary = stage.summary
@@ -119,24 +120,26 @@ def samples(examples: Iterable[dict], per_task: int = SAMPLES) -> dict[str, list
 
 def build(stages: Sequence[Any], errors_of: dict[str, Path], verdicts: Path | None, examples: Path,
           extra: dict | None = None) -> dict:
-    return {"stages": stage_table(stages, errors_of),
-            "records": _record_counts(stages, errors_of),
-            "tasks": turn_figures(_rows(verdicts)) if verdicts is not None and verdicts.exists() else {},
-            "samples": samples(_rows(examples)) if examples.exists() else {},
+    table = stage_table(stages, errors_of)
+    return {"stages": table,
+            "records": _record_counts(table),
+            "tasks": turn_figures(read_rows(verdicts)) if verdicts is not None and verdicts.exists() else {},
+            "samples": samples(read_rows(examples)) if examples.exists() else {},
             **(extra or {})}
 
 
-def _record_counts(stages: Sequence[Any], errors_of: dict[str, Path]) -> dict:
-    counts = {"non_deterministic": 0, "contaminated": 0, "duplicates": 0}
-    for name, key, test in (("ios", "non_deterministic", lambda r: "non-deterministic" in str(r.get("error", ""))),
-                            ("decontaminate", "contaminated", lambda r: bool(r.get("benchmark"))),
-                            ("dedup", "duplicates", lambda r: bool(r.get("match")))):
-        path = errors_of.get(name)
-        if path is not None and Path(path).exists():
-            counts[key] = sum(1 for row in _rows(path) if test(row))
-    first = next((stage for stage in stages if stage.name in ("transform", "ios")), None)
-    counts["records_in"] = first.summary.items if first else 0
-    return counts
+def _record_counts(table: list[dict]) -> dict:
+    """The records dropped as non-deterministic, contaminated or duplicate: the
+    stage table's reason classes (reason_class), summed."""
+    reasons = {row["stage"]: row["reasons"] for row in table}
+
+    def count(stage: str, prefix: str) -> int:
+        return sum(n for kind, n in reasons.get(stage, {}).items() if kind.startswith(prefix))
+
+    first = next((row for row in table if row["stage"] in ("transform", "ios")), None)
+    return {"non_deterministic": count("ios", "non-deterministic"),
+            "contaminated": count("decontaminate", "contaminated: "),
+            "duplicates": count("dedup", "duplicate ("), "records_in": first["rows_in"] if first else 0}
 
 
 def write(work: Path, report: dict) -> None:
@@ -180,8 +183,3 @@ def _fenced(text: str) -> str:
     clipped = text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS] + "\n[... cut for the report]"
     return "````text\n" + clipped.replace("````", "'''") + "\n````\n"
 
-
-def _rows(path: Path) -> Iterable[dict]:
-    for item in read_jsonl(path):
-        if not isinstance(item, LineError) and isinstance(item[1], dict):
-            yield item[1]

@@ -188,13 +188,18 @@ def __codeio_trace__():
             frame.f_trace = None
         live.clear()
 
+    def own_name(frame):
+        # A function defined inside another by the name written in the code,
+        # not `main_solution.<locals>.helper`.
+        return frame.f_code.co_qualname.rsplit("<locals>.", 1)[-1]
+
     def counting(frame, event, arg):
         state["counted"] += 1
         if state["counted"] > counted_cap:
             stop()
             return None
         if event == "line" and str(frame.f_lineno) in loops:
-            key = "%s:%d" % (frame.f_code.co_qualname.rsplit("<locals>.", 1)[-1], frame.f_lineno)
+            key = "%s:%d" % (own_name(frame), frame.f_lineno)
             passes[key] = passes.get(key, 0) + 1
         elif event == "return":
             live.discard(frame)
@@ -207,9 +212,7 @@ def __codeio_trace__():
             return None
         if frame.f_code.co_filename != "<check>" or frame.f_code.co_name.startswith("<"):
             return None
-        # A function defined inside another by the name written in the code,
-        # not `main_solution.<locals>.helper`.
-        name = frame.f_code.co_qualname.rsplit("<locals>.", 1)[-1]
+        name = own_name(frame)
         if event == "call":
             calls[name] = calls.get(name, 0) + 1
             live.add(frame)
