@@ -50,9 +50,9 @@ def _guess_pairs(record: UnifiedRecord) -> list[dict]:
     """What the trace teacher may try before an input prediction's answer
     (teachers/trace.py); never shown to a model."""
     small = []
-    for pair in record.ios:
-        if len(json.dumps(pair.to_dict(), ensure_ascii=False)) <= GUESS_PAIR_CHARS:
-            small.append(pair.to_dict())
+    for pair in map(IOPair.to_dict, record.ios):
+        if len(json.dumps(pair, ensure_ascii=False)) <= GUESS_PAIR_CHARS:
+            small.append(pair)
         if len(small) == GUESS_PAIRS:
             break
     return small

@@ -47,12 +47,12 @@ class TraceTeacher:
         replies: list[Reply | None] = [None] * len(prompts)
         # Wave 1: every prompt of a record already known, and the first of each
         # new one; wave 2: the others of the new records that traced.
-        first, rest, new = [], [], set()
+        first, rest, leading = [], [], set()  # leading: records with a prompt in wave 1
         for index, prompt in enumerate(prompts):
             rid = prompt.record_id
-            if rid in self._traced or rid in self._failed or rid not in new:
+            if rid in self._traced or rid in self._failed or rid not in leading:
                 first.append(index)
-                new.add(rid)
+                leading.add(rid)
             else:
                 rest.append(index)
         traces: dict = {}  # (record, input) -> its trace: an output and an input prompt often share a pair
