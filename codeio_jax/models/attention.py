@@ -72,6 +72,24 @@ class SplashSettings:
                              f"got {self.block_size}")
 
 
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class XlaAttentionSettings:
+    """How the xla implementation runs. `query_block`: when positive and it divides
+    the length, the queries go `query_block` rows at a time through a rematerialised
+    lax.map, so the [batch, heads, length, length] scores, their softmax and their
+    gradients exist one block of rows at a time (length / query_block times less
+    memory, the same arithmetic: the blocks are not skipped where the causal mask
+    empties them). 0: all rows at once. Bind in gin as
+    `XlaAttentionSettings.query_block = 256`."""
+
+    query_block: int = 0
+
+    def __post_init__(self):
+        if self.query_block < 0:
+            raise ValueError(f"XlaAttentionSettings.query_block must be 0 or positive, got {self.query_block}")
+
+
 def attention_mask(q_positions: Array, k_positions: Array, q_segments: Array | None,
                    k_segments: Array | None, window: int | None) -> Array:
     """[batch, 1, q, k] booleans: causal by position, within a segment (packing),
@@ -105,6 +123,28 @@ def xla_attention(q: Array, k: Array, v: Array, mask: Array, scale: float, softc
     return jnp.einsum("bhts,bshd->bthd", weights, v)
 
 
+def blocked_xla_attention(q: Array, k: Array, v: Array, positions: Array, segments: Array | None,
+                          window: int | None, scale: float, softcap: float | None, block: int) -> Array:
+    """xla_attention of self-attention, `block` query rows at a time (see XlaAttentionSettings);
+    each block sees every key, so its rows are exactly the reference's."""
+    batch, length = q.shape[:2]
+    blocks = length // block
+
+    def by_block(x):  # [b, t, ...] -> [blocks, b, block, ...]
+        return jnp.swapaxes(x.reshape(batch, blocks, block, *x.shape[2:]), 0, 1)
+
+    @jax.checkpoint
+    def rows(args):
+        q_block, q_positions, q_segments = args
+        mask = attention_mask(q_positions, positions, q_segments if segments is not None else None, segments,
+                              window)
+        return xla_attention(q_block, k, v, mask, scale, softcap)
+
+    block_segments = by_block(segments) if segments is not None else by_block(jnp.zeros_like(positions))
+    out = jax.lax.map(rows, (by_block(q), by_block(positions), block_segments))
+    return jnp.swapaxes(out, 0, 1).reshape(batch, length, *out.shape[3:])
+
+
 def self_attention(q: Array, k: Array, v: Array, positions: Array, segments: Array | None, *, impl: str,
                    scale: float, softcap: float | None = None, window: int | None = None,
                    splash_settings: SplashSettings | None = None) -> Array:
@@ -131,6 +171,15 @@ def self_attention(q: Array, k: Array, v: Array, positions: Array, segments: Arr
         return _cudnn(q, k, v, positions, segments, scale, softcap, window, platform)
     if impl != "xla":
         raise UnsupportedAttention(f"attention_impl must be auto, xla, splash or cudnn, got {impl!r}")
+    return xla_self_attention(q, k, v, positions, segments, scale, softcap, window)
+
+
+def xla_self_attention(q: Array, k: Array, v: Array, positions: Array, segments: Array | None, scale: float,
+                       softcap: float | None, window: int | None) -> Array:
+    """The xla implementation of self_attention, in query blocks where XlaAttentionSettings asks."""
+    block = XlaAttentionSettings().query_block
+    if 0 < block < q.shape[1] and q.shape[1] % block == 0:
+        return blocked_xla_attention(q, k, v, positions, segments, window, scale, softcap, block)
     return xla_attention(q, k, v, attention_mask(positions, positions, segments, segments, window), scale, softcap)
 
 
@@ -242,8 +291,7 @@ def _cudnn(q: Array, k: Array, v: Array, positions: Array, segments: Array | Non
                                    f"{platform} devices. Use attention_impl='xla' (or 'auto')")
     if reason := _cudnn_unsupported(q, segments, softcap):
         _log_fallback("cudnn", reason)
-        return xla_attention(q, k, v, attention_mask(positions, positions, segments, segments, window), scale,
-                             softcap)
+        return xla_self_attention(q, k, v, positions, segments, scale, softcap, window)
     width = v.shape[-1]
     if width < k.shape[-1]:
         v = jnp.pad(v, [(0, 0)] * 3 + [(0, k.shape[-1] - width)])

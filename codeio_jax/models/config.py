@@ -96,6 +96,10 @@ class ModelConfig:
     dtype: str = "float32"  # activations and matmuls
     param_dtype: str = "float32"  # master weights
     remat: str = "none"
+    # Run each repeating run of layers as one lax.scan step (see decoder.layer_runs): the backward pass
+    # then recomputes one block at a time, which XLA:CPU's scheduler does not manage over unrolled
+    # layers. The parameter tree and checkpoints are the same either way.
+    scan_layers: bool = False
     attention_impl: str = "auto"
     moe_impl: str = "dropless"
 

@@ -7,6 +7,13 @@
 Training passes segment ids (packing: tokens attend within their segment) and
 no cache; sampling passes a cache (decoder.init_cache) and gets it back with
 the new keys and values written in.
+
+With `scan_layers` (training and scoring, not sampling) the layers run as
+lax.scan over runs of identical layers (layer_runs), each block rematerialised
+on its own; the parameters stay one subtree per layer (layers_0, layers_1, ...)
+and are stacked for the scan inside the step, so a checkpoint does not depend on
+the switch. The stacking copies the layer weights once per step (their size,
+not the activations'), the price of one parameter tree for both paths.
 """
 
 from __future__ import annotations
@@ -90,14 +97,17 @@ class Decoder(nn.Module):
         if cfg.remat != "none":
             layer_cls = nn.remat(DecoderLayer, policy=_REMAT[cfg.remat], prevent_cse=True)
         new_cache = [] if cache is not None else None
-        for i in range(cfg.num_layers):
-            x, layer_cache = layer_cls(cfg, i, name=f"layers_{i}")(
-                x, positions, segments, cache[i] if cache is not None else None)
-            if cache is not None:
-                new_cache.append(layer_cache)
+        if cfg.scan_layers and cache is None and not self.is_initializing():
+            x = scanned_layers(cfg, nn.meta.unbox(self.variables["params"]), x, positions, segments)
+        else:
+            for i in range(cfg.num_layers):
+                x, layer_cache = layer_cls(cfg, i, name=f"layers_{i}")(
+                    x, positions, segments, cache[i] if cache is not None else None)
+                if cache is not None:
+                    new_cache.append(layer_cache)
         x = RMSNorm(cfg.norm_eps, cfg.norm_plus_one, dtype, pdtype, name="norm")(x)
         if cfg.tie_embeddings:
-            kernel = embed.embedding.T
+            kernel = embed.embedding
         else:
             kernel = Weight((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdtype, name="lm_head")()
         if return_hidden:
@@ -105,12 +115,67 @@ class Decoder(nn.Module):
         return vocab_logits(cfg, x, kernel), new_cache
 
 
+def layer_kind(config: ModelConfig, layer: int) -> tuple[bool, bool]:
+    """What makes one layer's computation differ from another's: its sliding window and its MLP."""
+    return config.layer_slides(layer), config.layer_is_moe(layer)
+
+
+def layer_runs(config: ModelConfig) -> list[tuple[int, int, int]]:
+    """The layers as (first, period, repeats) runs: `repeats` consecutive blocks of
+    `period` layers whose kinds repeat. Llama: one run (0, 1, L); Gemma 2's
+    alternating windows: (0, 2, L / 2); DeepSeek-V2's first dense layer: (0, 1, 1)
+    then (1, 1, L - 1). Greedy from the first layer, the shortest period that
+    repeats at least twice, as many times as it does."""
+    kinds = [layer_kind(config, i) for i in range(config.num_layers)]
+    runs, start = [], 0
+    while start < len(kinds):
+        best = (1, 1)
+        for period in range(1, (len(kinds) - start) // 2 + 1):
+            pattern = kinds[start:start + period]
+            repeats = 1
+            while kinds[start + repeats * period:start + (repeats + 1) * period] == pattern:
+                repeats += 1
+            if repeats > 1:
+                best = (period, repeats)
+                break
+        runs.append((start, *best))
+        start += best[0] * best[1]
+    return runs
+
+
+def scanned_layers(config: ModelConfig, params: dict, x: Array, positions: Array,
+                   segments: Array | None) -> Array:
+    """The layers applied as one lax.scan per run of layer_runs, each block rematerialised
+    under the config's policy. The per-layer parameters (layers_0, layers_1, ...) are
+    stacked for the scan here, so the stored tree is the unrolled one."""
+    policy = _REMAT.get(config.remat)
+
+    for start, period, repeats in layer_runs(config):
+        def block(h, block_params, start=start, period=period):
+            for j in range(period):
+                # parent=None: applied functionally, not registered as a child of the Decoder.
+                layer = DecoderLayer(config, start + j, parent=None)
+                h, _ = layer.apply({"params": block_params[j]}, h, positions, segments, None)
+            return h, None
+
+        if config.remat != "none":
+            block = jax.checkpoint(block, policy=policy, prevent_cse=False)
+        blocks = [[params[f"layers_{start + r * period + j}"] for j in range(period)] for r in range(repeats)]
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *blocks)
+        x, _ = jax.lax.scan(block, x, stacked)
+    return x
+
+
 def vocab_logits(config: ModelConfig, hidden: Array, kernel: Array) -> Array:
     """Logits [..., vocab] from the final normed hidden states and the output
-    kernel [embed, vocab] (the embedding, transposed, when tied), in the compute
-    dtype, soft-capped for Gemma 2."""
+    kernel as stored: lm_head's [embed, vocab], or when tied the embedding itself,
+    [vocab, embed], contracted in place (a transposed copy would be one more
+    vocabulary-sized buffer, and its gradient another); in the compute dtype,
+    soft-capped for Gemma 2."""
     dtype = jnp.dtype(config.dtype)
-    logits = jnp.dot(hidden.astype(dtype), kernel.astype(dtype))
+    contract = 1 if config.tie_embeddings else 0
+    logits = jax.lax.dot_general(hidden.astype(dtype), kernel.astype(dtype),
+                                 (((hidden.ndim - 1,), (contract,)), ((), ())))
     if config.final_logit_softcap is not None:
         logits = jnp.tanh(logits / config.final_logit_softcap) * config.final_logit_softcap
     names = ("batch", "length", "vocab")[-logits.ndim:]
@@ -120,7 +185,7 @@ def vocab_logits(config: ModelConfig, hidden: Array, kernel: Array) -> Array:
 def output_kernel(config: ModelConfig, params: dict) -> Array:
     """The kernel vocab_logits takes, from a parameter tree."""
     if config.tie_embeddings:
-        return params["embed_tokens"]["embedding"].T
+        return params["embed_tokens"]["embedding"]
     return params["lm_head"]["kernel"]
 
 

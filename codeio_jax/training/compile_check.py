@@ -88,13 +88,13 @@ def compile_configured(topology: hardware.Topology) -> CompileReport:
     arguments = configured_train_arguments()
     return compile_for(topology, **{name: arguments[name] for name in (
         "model", "mesh", "optimizer", "steps", "batch_size", "length", "seed", "z_loss", "compute_dtype", "remat",
-        "attention_impl", "moe_impl", "loss_chunk_length")})
+        "attention_impl", "moe_impl", "loss_chunk_length", "scan_layers")})
 
 
 def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int, batch_size: int, length: int,
                 seed: int = 0, z_loss: float = 0.0, compute_dtype: str = "bfloat16", remat: str | None = None,
                 attention_impl: str | None = None, moe_impl: str | None = None,
-                loss_chunk_length: int = 512) -> CompileReport:
+                loss_chunk_length: int = 512, scan_layers: bool | None = None) -> CompileReport:
     """Compile the step `train` would build for these arguments on `topology`."""
     import flax.linen as nn
     import jax
@@ -105,7 +105,7 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
 
     devices = hardware.topology_devices(topology)
     setup = build_step(model, mesh, optimizer, steps, seed, z_loss, compute_dtype, remat, attention_impl, moe_impl,
-                       loss_chunk_length, devices=devices)
+                       loss_chunk_length, devices=devices, scan_layers=scan_layers)
     mesh_shape = dict(setup.mesh.shape)
     batch_shards = math.prod(mesh_shape[axis] for axis in setup.batch_sharding.spec[0] or ())
     if batch_size % batch_shards:
@@ -154,7 +154,7 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
                 "compute_dtype": config.dtype, "remat": config.remat, "attention_impl": config.attention_impl,
                 "attention_kernel": attention_ran,
                 "moe_impl": config.moe_impl if config.moe is not None else None,
-                "loss_chunk_length": loss_chunk_length}
+                "loss_chunk_length": loss_chunk_length, "scan_layers": config.scan_layers}
     report = CompileReport(
         topology=topology.name, chips=chips, device_kind=devices[0].device_kind, mesh=mesh_shape,
         batch_size=batch_size, rows_per_chip=batch_size // batch_shards, length=length,
@@ -275,6 +275,10 @@ def advice(report: CompileReport) -> str:
     if report.rows_per_chip > 1:
         changes.append(f"use fewer rows per chip ({report.rows_per_chip} now: lower SeqioInput.batch_size and raise "
                        "OptimizerConfig.accumulation_steps to keep the global batch)")
+    if (report.settings["remat"] != "none" and not report.settings["scan_layers"]
+            and report.device_kind.lower() == "cpu"):
+        # XLA:CPU keeps every unrolled layer's activations alive even under remat.
+        changes.append("run the layers as a scan (train.scan_layers = True)")
     if report.settings["attention_kernel"] == "xla" and report.device_kind.startswith("TPU"):
         changes.append("fused attention (train.attention_impl = 'splash')")
     changes.append("a shorter sequence or tensor parallelism (MeshConfig.tensor)")

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from codeio_jax.models.config import ModelConfig
 from codeio_jax.models.decoder import Decoder
-from codeio_jax.training import partitioning
+from codeio_jax.training import hardware, partitioning
 from codeio_jax.training.checkpoints import Checkpoints
 from codeio_jax.training.input import to_global
 from codeio_jax.training.metrics import MetricsLog, peak_flops_per_device
@@ -61,11 +61,12 @@ class StepSetup:
 def build_step(model: ModelConfig, mesh: partitioning.MeshConfig, optimizer: OptimizerConfig, steps: int,
                seed: int = 0, z_loss: float = 0.0, compute_dtype: str = "bfloat16", remat: str | None = None,
                attention_impl: str | None = None, moe_impl: str | None = None, loss_chunk_length: int = 512,
-               devices: Any = None) -> StepSetup:
+               devices: Any = None, scan_layers: bool | None = None) -> StepSetup:
     """The configured step over `devices` (default: every device of the job).
-    remat, attention_impl and moe_impl override the model's own when given."""
+    remat, attention_impl, moe_impl and scan_layers override the model's own when given."""
     overrides = {name: value for name, value in (("remat", remat), ("attention_impl", attention_impl),
-                                                  ("moe_impl", moe_impl)) if value is not None}
+                                                  ("moe_impl", moe_impl), ("scan_layers", scan_layers))
+                 if value is not None}
     config = model.replace(dtype=compute_dtype, param_dtype="float32", **overrides)
     device_mesh = partitioning.make_mesh(mesh, devices)
     rules = mesh.rules
@@ -95,7 +96,8 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
           steps: int = 1000, optimizer: OptimizerConfig = OptimizerConfig(),
           mesh: partitioning.MeshConfig = partitioning.MeshConfig(), seed: int = 0, z_loss: float = 0.0,
           compute_dtype: str = "bfloat16", remat: str | None = None, attention_impl: str | None = None,
-          moe_impl: str | None = None, loss_chunk_length: int = 512, log_every: int = 10,
+          moe_impl: str | None = None, scan_layers: bool | None = None, loss_chunk_length: int = 512,
+          log_every: int = 10,
           checkpoint_every: int = 500, keep_checkpoints: int = 3, async_checkpoints: bool = True,
           evaluate: Callable[[ModelConfig, Any, int], dict] | None = None, eval_every: int = 0,
           peak_flops: float | None = None, init_from: str | Path | None = None,
@@ -105,7 +107,8 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
     checkpoints, metrics.jsonl and TensorBoard events under `model_dir`.
 
     compute_dtype: activations and matmuls (float32 master weights either way).
-    remat, attention_impl, moe_impl: override the model's (models/config.py lists the choices).
+    remat, attention_impl, moe_impl, scan_layers: override the model's (models/config.py lists the
+      choices; scan_layers runs the layers as lax.scan, which a CPU host needs for remat to pay).
     loss_chunk_length: positions whose logits the loss computes at once (0: the whole
       sequence); the [batch, length, vocab] logits never exist whole otherwise.
     evaluate: called as evaluate(config, params, step) every `eval_every` steps
@@ -117,7 +120,7 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
     """
     model_dir = Path(model_dir) if "://" not in str(model_dir) else model_dir
     setup = build_step(model, mesh, optimizer, steps, seed, z_loss, compute_dtype, remat, attention_impl, moe_impl,
-                       loss_chunk_length)
+                       loss_chunk_length, scan_layers=scan_layers)
     config = setup.config
     checkpoints = Checkpoints(model_dir, keep=keep_checkpoints, every=checkpoint_every,
                               async_save=async_checkpoints)
@@ -143,9 +146,14 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig = gin.REQUIRE
         metrics: dict = {}
         clock = time.perf_counter()
         tokens_since = 0
+        step_fn = None
         for step in range(start, steps):
             batch = to_global(next(inputs), setup.batch_sharding)
-            state, metrics = setup.step_fn(state, batch)
+            if step_fn is None:  # compiled ahead so that the compiler's memory is freed before the step runs
+                step_fn = setup.step_fn.lower(state, batch).compile()
+                if jax.default_backend() == "cpu":
+                    hardware.return_freed_memory_to_the_system()
+            state, metrics = step_fn(state, batch)
             tokens_since += inputs.batch_size * length
             done = step + 1
             if done % log_every == 0 or done == steps:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from codeio_jax.models.attention import SplashSettings, UnsupportedAttention, self_attention
+from codeio_jax.models.attention import SplashSettings, UnsupportedAttention, XlaAttentionSettings, self_attention
 from codeio_jax.models.config import MLAConfig
 from codeio_jax.models.decoder import Decoder, init_params, logical_axes
 from codeio_jax.models.presets import preset
@@ -95,6 +95,40 @@ def test_splash_kernel_matches_xla_forward_and_gradients(case):
     assert_close(outputs["splash"], outputs["xla"], "output")
     for name, actual, expected in zip("qkv", grads["splash"], grads["xla"]):
         assert_close(actual, expected, f"d{name}")
+
+
+@pytest.mark.parametrize("case", sorted(KERNEL_CASES))
+def test_xla_attention_by_query_blocks_matches_all_rows_at_once(case):
+    """XlaAttentionSettings.query_block: every row, padding included, and every gradient."""
+    batch, length, heads, kv_heads, head_dim, v_dim, softcap, window, packed = KERNEL_CASES[case]
+    keys = jax.random.split(jax.random.PRNGKey(1), 4)
+    q = jax.random.normal(keys[0], (batch, length, heads, head_dim))
+    k = jax.random.normal(keys[1], (batch, length, kv_heads, head_dim))
+    v = jax.random.normal(keys[2], (batch, length, kv_heads, v_dim))
+    cotangent = jax.random.normal(keys[3], (batch, length, heads, v_dim))
+    segments, positions, _ = packed_batch(batch, length, packed)
+
+    def attention(q, k, v):
+        return self_attention(q, k, v, positions, segments, impl="xla", scale=head_dim ** -0.5, softcap=softcap,
+                              window=window)
+
+    results = {}
+    for block in (0, 64):
+        with gin.unlock_config():
+            gin.bind_parameter("XlaAttentionSettings.query_block", block)
+        try:
+            # The settings are read when tracing: a fresh function each time, not jit's cached trace.
+            out, pullback = jax.vjp(jax.jit(lambda q, k, v: attention(q, k, v)), q, k, v)
+            results[block] = (out, *pullback(cotangent))
+        finally:
+            gin.clear_config()
+    for name, actual, expected in zip(("output", "dq", "dk", "dv"), results[64], results[0]):
+        assert_close(actual, expected, name)
+
+
+def test_xla_attention_query_block_must_not_be_negative():
+    with pytest.raises(ValueError, match="query_block must be 0 or positive"):
+        XlaAttentionSettings(query_block=-1)
 
 
 @pytest.fixture

@@ -28,7 +28,8 @@ assert jax.device_count() == 8, jax.devices()
 config = preset("tiny_llama").replace(num_heads=8, num_kv_heads=4, head_dim=8)
 losses = {{}}
 for name, mesh in (("single", MeshConfig(data=1)), ("data", MeshConfig(data=8)), ("fsdp", MeshConfig(data=1, fsdp=8)),
-                   ("tensor", MeshConfig(data=2, fsdp=2, tensor=2)), ("fsdp+tensor", MeshConfig(data=1, fsdp=4, tensor=2))):
+                   ("tensor", MeshConfig(data=2, fsdp=2, tensor=2)), ("fsdp+tensor", MeshConfig(data=1, fsdp=4, tensor=2)),
+                   ("fsdp+tensor, scanned layers", MeshConfig(data=1, fsdp=4, tensor=2))):
     devices = jax.devices()[:1] if name == "single" else None
     rows = []
     if devices:  # one device: a mesh over the first only
@@ -38,7 +39,8 @@ for name, mesh in (("single", MeshConfig(data=1)), ("data", MeshConfig(data=8)),
     train(model_dir=os.path.join({tmp!r}, name), model=config, steps=4, log_every=1, compute_dtype="float32",
           inputs=SyntheticInput(config.vocab_size, length=32, batch_size=8), mesh=mesh,
           optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1), checkpoint_every=0,
-          on_log=lambda row: rows.append(row["loss"]))
+          on_log=lambda row: rows.append(row["loss"]),
+          **(dict(scan_layers=True, remat="full") if "scanned" in name else {{}}))
     if devices:
         p.make_mesh = original
     losses[name] = rows
