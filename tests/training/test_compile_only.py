@@ -87,6 +87,19 @@ def test_remat_saves_memory_on_a_cpu_host_unless_xla_flags_choose_the_concurrenc
     assert concurrency > 0.95 * none, (concurrency, none)  # a user's own choice in XLA_FLAGS wins
 
 
+def test_a_cpu_step_that_cannot_fit_names_scanned_layers_until_they_are_on():
+    # 4096 rows of 1024 tokens on one CPU device: far more than this host's memory.
+    big = ("--topology", "cpu:1", "--gin.SyntheticInput.batch_size=4096", "--gin.SyntheticInput.length=1024",
+           "--gin.train.remat='full'")
+    done = compile_only(*big)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "train.scan_layers = True" in report_of(done)["advice"]
+    done = compile_only(*big, "--gin.train.scan_layers=True")
+    assert done.returncode == 3, done.stderr[-3000:]
+    report = report_of(done)
+    assert report["settings"]["scan_layers"] is True and "scan_layers" not in report["advice"]
+
+
 @pytest.mark.slow
 def test_a_tpu_slice_compiles_and_a_step_that_cannot_fit_exits_3_saying_what_to_change():
     done = compile_only("--topology", "v5p-8")
