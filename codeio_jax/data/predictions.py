@@ -134,8 +134,9 @@ def verify_rows(rows: Sequence[dict], sandbox: Sandbox, reveal_expected: bool = 
         if row["task"] == OUTPUT_PREDICTION:
             verdicts[index] = verify_output_prediction(reply, row["output"], reveal_expected)
         else:
+            # The row's input is its ios pair's, deterministic: an answer equal to it needs no run.
             inputs.append((index, InputPrediction(reply, row["record"]["refcode"], row["output"],
-                                                  row["record"]["funcname"])))
+                                                  row["record"]["funcname"], known_input=row["input"])))
     for (index, _), verdict in zip(inputs, verify_input_predictions([item for _, item in inputs], sandbox,
                                                                           Limits(timeout_s=timeout_s))):
         verdicts[index] = verdict

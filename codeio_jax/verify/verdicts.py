@@ -22,6 +22,8 @@ WRONG = "wrong"
 NO_ANSWER = "no_answer"
 INVALID_INPUT = "invalid_input"
 EXECUTION_ERROR = "execution_error"
+# Verdict.execution of an input prediction that is the known input (not run again).
+KNOWN = "known input"
 
 _MESSAGE_LIMIT = 300
 
@@ -68,12 +70,21 @@ def verify_output_prediction(reply: str, expected: Any, reveal_expected: bool = 
 
 @dataclasses.dataclass(frozen=True)
 class InputPrediction:
-    """One input-prediction reply to verify against a record's code."""
+    """One input-prediction reply to verify against a record's code.
+
+    known_input: an input whose output is `expected`, established by execution
+    already (the pipeline's prompts carry the ios stage's pair, run in two worlds
+    and found deterministic). A prediction that is that input, JSON for JSON
+    (1 and 1.0, true and 1 differ), is correct without running the code again:
+    the trace teacher's answers and many a model's are, and on real corpora the
+    slowest records would otherwise run once more per prompt. Only for inputs
+    the caller established itself, never for one read from a user's file."""
 
     reply: str
     refcode: str
     expected: Any
     funcname: str = "main_solution"
+    known_input: dict | None = None
 
 
 def verify_input_predictions(items: Sequence[InputPrediction], sandbox: Sandbox,
@@ -92,6 +103,11 @@ def verify_input_predictions(items: Sequence[InputPrediction], sandbox: Sandbox,
                                     expected=item.expected, feedback=(
                 f"The predicted input must be a JSON object mapping each argument name to its "
                 f"value; got {show(found.value)}.")))
+        elif item.known_input is not None and _same_json(found.value, item.known_input):
+            verdicts.append(Verdict(INPUT_PREDICTION, CORRECT, predicted=found.value, actual=item.expected,
+                                    expected=item.expected, execution=KNOWN, feedback=(
+                f"Correct: `{item.funcname}` with the input {show(found.value)} returns "
+                f"{show(item.expected)}, the target output.")))
         else:
             check = Check(call_program(item.refcode, item.funcname, found.value),
                           entry="__codeio_call__", limits=limits)
@@ -100,6 +116,10 @@ def verify_input_predictions(items: Sequence[InputPrediction], sandbox: Sandbox,
     for index, item, predicted, future in pending:
         verdicts[index] = _judge_run(item, predicted, future.result())
     return verdicts
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def call_program(refcode: str, funcname: str, kwargs: dict) -> str:

@@ -1,5 +1,5 @@
 from codeio_jax.verify.verdicts import (
-    CORRECT, EXECUTION_ERROR, INVALID_INPUT, NO_ANSWER, WRONG, InputPrediction,
+    CORRECT, EXECUTION_ERROR, INVALID_INPUT, KNOWN, NO_ANSWER, WRONG, InputPrediction,
     verify_input_predictions, verify_output_prediction,
 )
 
@@ -48,3 +48,18 @@ def test_input_prediction_hostile_prediction_is_contained(sandbox):
     verdict = verify_input_predictions([InputPrediction('{"input": {"n": 1}}', refcode, 0)], sandbox)[0]
     assert verdict.status == EXECUTION_ERROR and verdict.execution == "timeout"
     assert "did not finish" in verdict.feedback
+
+
+def test_the_known_input_is_correct_without_a_run_and_any_other_runs(sandbox):
+    # Code that cannot return: a verdict of CORRECT proves it was not run.
+    refcode = "def main_solution(n):\n    raise RuntimeError('ran')\n"
+    known = {"n": 1}
+    items = [InputPrediction('{"input": {"n": 1}}', refcode, 7, known_input=known),
+             InputPrediction('{"input": {"n": 1.0}}', refcode, 7, known_input=known),  # another JSON value
+             InputPrediction('{"input": {"n": true}}', refcode, 7, known_input=known),
+             InputPrediction('{"input": {"n": 1}}', refcode, 7)]  # no known input: run
+    verdicts = verify_input_predictions(items, sandbox)
+    assert verdicts[0].status == CORRECT and verdicts[0].execution == KNOWN and verdicts[0].actual == 7
+    assert "returns 7, the target output" in verdicts[0].feedback
+    for verdict in verdicts[1:]:
+        assert verdict.status == EXECUTION_ERROR and "RuntimeError" in verdict.feedback
