@@ -69,7 +69,8 @@ class TraceTeacher:
                 self._traced.add(prompt.record_id)
                 try:
                     replies[index] = self._reply(records[prompt.record_id], prompt, feedback[index],
-                                                 parse_trace(outcome.value), maps[prompt.record_id], tries)
+                                                 parse_trace(outcome.value, prompt.output), maps[prompt.record_id],
+                                                 tries)
                 except Exception as exc:  # a value the renderer cannot word: this prompt's error, not the stage's
                     self.usage.add(failed=1)
                     replies[index] = Reply(error=f"the trace teacher could not write the reply: "

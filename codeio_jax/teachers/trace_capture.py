@@ -11,8 +11,10 @@ prelude) records, for the record's own code only:
 Values are written as a reader would (an object as its class and fields, never
 its address) and never longer than a bound, however big the value. Tracing is
 bounded by budgets of events, not by the clock (DETAIL_EVENTS, COUNTED_EVENTS):
-past the first only calls and loop passes are counted, past the second the code
-runs on untraced. Either way it runs to its end, so the output is always exact.
+past the first only calls and loop passes are counted; past the second the call
+is stopped (`stopped` in the result), and the reply takes its output from the
+pair the ios stage recorded and found deterministic, so the slowest programs
+cost the budgets, not their own run; the output is exact either way.
 
 Which lines are `if` tests and loop headers comes from the AST, computed here
 on the host and handed to the harness as data.
@@ -32,8 +34,8 @@ from codeio_jax.records import UnifiedRecord
 
 # Detailed events (every changed variable, every test) are what a reply narrates;
 # past them only calls and loop passes are counted, which costs a tracer call per
-# line but no reprs; past that the code runs untraced, at full speed, to its exact
-# answer. A trace's cost is bounded by these budgets, not by how long the code runs.
+# line but no reprs; past that the call stops (its output is the recorded one). A
+# trace's cost is bounded by these budgets, not by how long the code runs.
 DETAIL_EVENTS = 3000
 COUNTED_EVENTS = 200_000
 
@@ -45,7 +47,7 @@ class Trace:
     truncated: bool  # the detailed events stop before the end
     calls: dict[str, int] = dataclasses.field(default_factory=dict)  # each function's calls, in all
     passes: dict[str, int] = dataclasses.field(default_factory=dict)  # "fn:line" of a loop header: passes in all
-    counted_to_end: bool = True  # False: the counts stop too, the code ran on untraced
+    counted_to_end: bool = True  # False: the counts stop too; the call was stopped there
 
 
 def code_map(code: str) -> dict:
@@ -106,10 +108,13 @@ def trace_check(record: UnifiedRecord, kwargs: dict, limits: Limits | None = Non
     return Check(source, entry="__codeio_trace__", limits=limits, prelude=TRACE_PRELUDE)
 
 
-def parse_trace(value: Any) -> Trace:
+def parse_trace(value: Any, recorded_output: Any) -> Trace:
+    """The harness's result; `recorded_output`, the pair's output from the ios
+    stage, stands for the output of a call stopped at the counted budget."""
     if not (isinstance(value, dict) and isinstance(value.get("events"), list) and "output" in value):
         raise ValueError("the trace harness returned something else than a trace")
-    return Trace(value["events"], value["output"], bool(value.get("truncated")), value.get("calls", {}),
+    output = recorded_output if value.get("stopped") else value["output"]
+    return Trace(value["events"], output, bool(value.get("truncated")), value.get("calls", {}),
                  value.get("passes", {}), bool(value.get("counted_to_end", True)))
 
 
@@ -180,13 +185,20 @@ def __codeio_trace__():
         seen[frame] = now
         return {k: v for k, v in now.items() if before.get(k) != v}
 
+    class Stop(BaseException):
+        # Not an Exception: the record's own `except Exception` must not catch it.
+        pass
+
     def stop():
-        # Nothing is recorded from here on: the code runs untraced to its end.
+        # Nothing is recorded from here on, and the call ends here: its output is
+        # the recorded one. Code that catches even this runs on untraced, and what
+        # it returns is not used either.
         state["mode"] = "off"
         sys.settrace(None)
         for frame in list(live):
             frame.f_trace = None
         live.clear()
+        raise Stop()
 
     def own_name(frame):
         # A function defined inside another by the name written in the code,
@@ -197,7 +209,6 @@ def __codeio_trace__():
         state["counted"] += 1
         if state["counted"] > counted_cap:
             stop()
-            return None
         if event == "line" and str(frame.f_lineno) in loops:
             key = "%s:%d" % (own_name(frame), frame.f_lineno)
             passes[key] = passes.get(key, 0) + 1
@@ -245,12 +256,16 @@ def __codeio_trace__():
         return tracer
 
     solve = globals()[params["funcname"]]
+    output = None
     sys.settrace(tracer)
     try:
         output = solve(**params["kwargs"])
+    except Stop:
+        pass
     finally:
         sys.settrace(None)
-    output = json.loads(json.dumps(output))
+    stopped = state["mode"] == "off"
+    output = None if stopped else json.loads(json.dumps(output))
     return {"events": events, "output": output, "truncated": state["mode"] != "detail",
-            "calls": calls, "passes": passes, "counted_to_end": state["mode"] != "off"}
+            "calls": calls, "passes": passes, "counted_to_end": not stopped, "stopped": stopped}
 '''

@@ -103,6 +103,10 @@ def main_solution(n):
 """
 
 
+def sum_mod_7(n):
+    return n // 7 * 21 + sum(range(n % 7))
+
+
 def record_of(code, inputs, outputs, rid):
     return UnifiedRecord(id=rid, problem_description="Sum.", io_requirements="`return` (int): The sum.",
                          refcode=code, ios=tuple(IOPair(i, o) for i, o in zip(inputs, outputs)))
@@ -110,8 +114,9 @@ def record_of(code, inputs, outputs, rid):
 
 def test_a_long_run_costs_a_bounded_trace_and_still_verifies(sandbox):
     n = 3_000_000
-    record = record_of(LONG_RUN, [{"n": n}, {"n": 10}], [sum(i % 7 for i in range(n)), 21], "long")
-    prompts = [p for p in prediction_prompts(record, per_task=1) if p.input == {"n": n}]
+    record = record_of(LONG_RUN, [{"n": n}, {"n": 10}], [sum_mod_7(n), 21], "long")
+    prompts = [p for p in prediction_prompts(record, per_task=2) if p.input == {"n": n}]
+    assert {p.task for p in prompts} == {OUTPUT_PREDICTION, INPUT_PREDICTION}
     started = time.perf_counter()
     replies = TraceTeacher(sandbox, Limits(timeout_s=20.0)).answer({"long": record}, prompts)
     assert time.perf_counter() - started < 5.0  # untraced it runs in about 0.3 s; fully traced, well past 20
@@ -122,13 +127,40 @@ def test_a_long_run_costs_a_bounded_trace_and_still_verifies(sandbox):
             assert verify_output_prediction(reply.text, prompt.output).correct
 
 
+SWALLOWS_EVERYTHING = """
+def main_solution(n):
+    total = 0
+    try:
+        for i in range(n):
+            total += i % 7
+    except BaseException:  # would swallow the trace's stop and return a wrong value
+        return -1
+    return total
+"""
+
+
+@pytest.mark.parametrize("code", [LONG_RUN, SWALLOWS_EVERYTHING], ids=["plain", "catches BaseException"])
+def test_a_call_past_the_counted_budget_stops_there_and_answers_the_recorded_output(sandbox, code):
+    n = 300_000_000  # about 30 s untraced: past the time limit unless the trace stops the call
+    record = record_of(code, [{"n": n}, {"n": 10}], [sum_mod_7(n), 21], "huge")
+    prompts = [p for p in prediction_prompts(record, per_task=2) if p.input == {"n": n}]
+    assert {p.task for p in prompts} == {OUTPUT_PREDICTION, INPUT_PREDICTION}
+    started = time.perf_counter()
+    replies = TraceTeacher(sandbox, Limits(timeout_s=10.0), counted_events=20_000).answer({"huge": record}, prompts)
+    assert time.perf_counter() - started < 5.0
+    for prompt, reply in zip(prompts, replies):
+        assert reply.ok, reply.error
+        if prompt.task == OUTPUT_PREDICTION:
+            assert verify_output_prediction(reply.text, prompt.output).correct
+            assert str(sum_mod_7(n)) in reply.text and "-1" not in reply.text
+
+
 UNTRACEABLE = """
-import sys
+import sys, time
 
 def main_solution(n):
-    if sys.gettrace() is not None:  # traced: never ends (untraced, at once)
-        while True:
-            pass
+    if sys.gettrace() is not None:  # traced: past the time limit, in a call no event budget stops
+        time.sleep(60)
     return n
 """
 
