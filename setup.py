@@ -32,6 +32,7 @@ setup(
         "orbax-checkpoint==0.12.8",
         "safetensors==0.8.0",
         "tokenizers==0.23.3",  # the sampler's chat models, the local teacher, `serve`
+        "gguf==0.19.0",  # `convert gguf-to-hf`: llama.cpp's files read and dequantised (pure Python)
         "matplotlib==3.11.2",  # the loss curve of a run's report
     ],
     extras_require={
@@ -45,6 +46,7 @@ setup(
             # machine's index; another spec may pull gigabytes of CUDA wheels.
             "torch==2.13.0",
             "tensorboard==2.21.0",  # its own reader checks our event files
+            "accelerate==1.16.0",  # transformers' own GGUF loading, the reference for `convert gguf-to-hf`
         ],
         "seqio": [
             "tensorflow==2.21.0",
