@@ -42,13 +42,18 @@ def add_commands(sub) -> None:
     gin_flags(evaluate, "gin/eval/*.gin")
     evaluate.set_defaults(handler=_eval)
 
-    convert = sub.add_parser("convert", help="models between Hugging Face folders and codeio-jax checkpoints")
-    convert.add_argument("direction", choices=["hf-to-jax", "jax-to-hf"])
+    convert = sub.add_parser("convert", help="models between Hugging Face folders, codeio-jax checkpoints and "
+                                             "GGUF files (llama.cpp's; gguf-to-hf only)")
+    convert.add_argument("direction", choices=["hf-to-jax", "jax-to-hf", "gguf-to-hf"])
     convert.add_argument("--in", dest="inp", required=True, type=Path,
-                         help="a Hugging Face folder (config.json + safetensors) or a codeio-jax checkpoint")
+                         help="a Hugging Face folder (config.json + safetensors), a codeio-jax checkpoint or a "
+                              ".gguf file (llama or qwen2 architecture)")
     convert.add_argument("--out", required=True, type=Path, help="the folder to write (must not hold a model)")
-    convert.add_argument("--dtype", default=None, help="parameter dtype, e.g. bfloat16 (default: as stored)")
-    convert.add_argument("--max-shard-gb", type=float, default=5.0, help="jax-to-hf: safetensors shard size")
+    convert.add_argument("--dtype", default=None,
+                         help="parameter dtype, e.g. bfloat16 (default: as stored; gguf-to-hf: float32, the "
+                              "quantised weights dequantised)")
+    convert.add_argument("--max-shard-gb", type=float, default=5.0,
+                         help="jax-to-hf and gguf-to-hf: safetensors shard size")
     convert.set_defaults(handler=_convert)
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible chat server for a Hugging Face model folder")
@@ -162,10 +167,12 @@ def _eval(args) -> int:
 
 
 def _convert(args) -> int:
-    from codeio_jax.models import checkpoint, convert
-
     if not args.inp.exists():
         raise CommandError(f"{args.inp} does not exist")
+    if args.direction == "gguf-to-hf":
+        return _gguf_to_hf(args)
+    from codeio_jax.models import checkpoint, convert
+
     try:
         if args.direction == "hf-to-jax":
             config, params = convert.load_hf(args.inp, dtype=args.dtype)
@@ -178,6 +185,25 @@ def _convert(args) -> int:
         raise CommandError(str(exc)) from None
     count = sum(x.size for x in __import__("jax").tree_util.tree_leaves(params))
     print(f"convert {args.direction}: {config.family}, {config.num_layers} layers, {count:,} parameters -> {args.out}")
+    return 0
+
+
+def _gguf_to_hf(args) -> int:
+    # No jax here: a GGUF becomes an HF folder with numpy, gguf and safetensors alone.
+    from codeio_jax.commands.common import Progress
+    from codeio_jax.models import gguf
+
+    try:
+        model = gguf.open_gguf(args.inp, dtype=args.dtype or "float32")
+        with Progress(total=len(model.hf_names), unit="tensors", desc="gguf-to-hf") as progress:
+            gguf.write_hf(model, args.out, max_shard_bytes=int(args.max_shard_gb * (1 << 30)),
+                          on_tensor=lambda name, kind: progress.count(kind, 1))
+    except (gguf.GGUFError, FileExistsError) as exc:
+        raise CommandError(str(exc)) from None
+    config = model.config
+    kinds = ", ".join(f"{count} {kind}" for kind, count in model.tensor_types.most_common())
+    print(f"convert gguf-to-hf: {config.family}, {config.num_layers} layers, {model.parameter_count:,} parameters "
+          f"({kinds} tensors) as {config.param_dtype} -> {args.out}")
     return 0
 
 
