@@ -8,9 +8,8 @@ record with pairs is run again, in a second sandbox whose slots have another
 PYTHONHASHSEED, and there:
 
   - `random` and numpy's global generator are seeded with another seed;
-  - the clock is shifted by about 11.6 days and runs at half speed
-    (`time.time`, `time_ns`, `monotonic`, `perf_counter`, `datetime.now`,
-    `date.today`), patched before the record's code imports anything;
+  - the virtual clock both worlds read (ios_harness.clock_prelude) starts
+    about 11.6 days later and each reading advances it half as far;
   - the recorded inputs are called in reverse order in one namespace (state
     carried between calls shows), then each alone, in a namespace of its own
     where the record's code has just run afresh.
@@ -29,11 +28,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from codeio_jax.data.ios_harness import FIRST_WORLD_EPOCH_S, FIRST_WORLD_TICK_S, clock_prelude
 from codeio_jax.execution import Check, Limits, Sandbox, SandboxConfig
 from codeio_jax.verify.compare import values_match
 
 # The first run's slots have hash seed 0 (execution/pool.py).
 RECHECK_HASH_SEED = 1
+RECHECK_CLOCK_SHIFT_S = 1_000_003.25  # about 11.6 days later
 _SHOWN_VALUE_CHARS = 160
 _SHOWN_PAIRS = 2
 
@@ -119,50 +120,9 @@ def _short(value) -> str:
     return text if len(text) <= _SHOWN_VALUE_CHARS else text[:_SHOWN_VALUE_CHARS] + "..."
 
 
-# Runs inside the sandbox as a prelude, before the record's code: the clock is
-# patched first, so the record's own `from time import time` takes the patched one.
-_RECHECK = '''
-import time as __codeio_time
-import datetime as __codeio_datetime
-
-def __codeio_patch_clock__():
-    real = {name: getattr(__codeio_time, name) for name in ("time", "time_ns", "monotonic", "perf_counter")}
-    start = {name: clock() for name, clock in real.items()}
-    shift, rate = 1000003.25, 0.5
-
-    def shifted(name):
-        clock, zero = real[name], start[name]
-        if name == "time_ns":
-            return lambda: zero + int(shift * 1e9) + int((clock() - zero) * rate)
-        return lambda: zero + shift + (clock() - zero) * rate
-
-    for name in real:
-        setattr(__codeio_time, name, shifted(name))
-    # Plain names for the class bodies below: a class body mangles `__name`.
-    time_module, dt = __codeio_time, __codeio_datetime
-
-    class ShiftedDatetime(dt.datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return cls.fromtimestamp(time_module.time(), tz)
-
-        @classmethod
-        def today(cls):
-            return cls.fromtimestamp(time_module.time())
-
-        @classmethod
-        def utcnow(cls):
-            return cls.fromtimestamp(time_module.time(), dt.timezone.utc).replace(tzinfo=None)
-
-    class ShiftedDate(dt.date):
-        @classmethod
-        def today(cls):
-            return cls.fromtimestamp(time_module.time())
-
-    dt.datetime, dt.date = ShiftedDatetime, ShiftedDate
-    return real["monotonic"]
-
-__codeio_real_monotonic__ = __codeio_patch_clock__()
+# Runs inside the sandbox as a prelude, before the record's code: the virtual
+# clock first (ios_harness.clock_prelude), at another epoch and half the tick.
+_RECHECK = clock_prelude(FIRST_WORLD_EPOCH_S + RECHECK_CLOCK_SHIFT_S, FIRST_WORLD_TICK_S / 2) + '''
 
 import random as __codeio_random
 __codeio_seeded__ = [False]

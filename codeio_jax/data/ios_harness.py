@@ -72,7 +72,90 @@ def _with_params(*parts) -> str:
 # The harnesses below run inside the sandbox as preludes: the record's code then
 # defines its functions and `__codeio_params__` (JSON text) in the same namespace.
 
-_GENERATE = '''
+# The clock a record's code reads is virtual: each reading of `time.time`,
+# `monotonic`, `perf_counter`, `process_time`, `thread_time` (and their _ns forms) or of
+# `datetime.now`, `utcnow`, `date.today` advances a counter by one tick from a
+# fixed epoch. Code that reports how long it took or what time it is then
+# records the same pairs on every run and every machine; the determinism check
+# reads another epoch at another tick and drops them. The harness keeps the real
+# monotonic clock for its own deadline. Patched before the record's code runs,
+# so its `from time import time` takes the virtual one.
+FIRST_WORLD_EPOCH_S = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+FIRST_WORLD_TICK_S = 0.001
+
+_CLOCK = '''
+import time as __codeio_time
+import datetime as __codeio_datetime
+
+def __codeio_virtual_clock__(epoch_ns, tick_ns):
+    real_monotonic = __codeio_time.monotonic
+    readings = [0]
+
+    def elapsed_ns():
+        readings[0] += 1
+        return readings[0] * tick_ns
+
+    def wall_ns():
+        return epoch_ns + elapsed_ns()
+
+    def steady_ns():  # monotonic and perf_counter: from 1000 s, as after a machine's start
+        return 1000 * 10 ** 9 + elapsed_ns()
+
+    patched = {"time": lambda: wall_ns() / 1e9, "time_ns": wall_ns,
+               "monotonic": lambda: steady_ns() / 1e9, "monotonic_ns": steady_ns,
+               "perf_counter": lambda: steady_ns() / 1e9, "perf_counter_ns": steady_ns,
+               "process_time": lambda: elapsed_ns() / 1e9, "process_time_ns": elapsed_ns,
+               "thread_time": lambda: elapsed_ns() / 1e9, "thread_time_ns": elapsed_ns}
+    for name, clock in patched.items():
+        setattr(__codeio_time, name, clock)
+    # Plain names for the class bodies below: a class body mangles `__name`.
+    time_module, dt = __codeio_time, __codeio_datetime
+
+    class VirtualDatetime(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls.fromtimestamp(time_module.time(), tz)
+
+        @classmethod
+        def today(cls):
+            return cls.fromtimestamp(time_module.time())
+
+        @classmethod
+        def utcnow(cls):
+            return cls.fromtimestamp(time_module.time(), dt.timezone.utc).replace(tzinfo=None)
+
+    class VirtualDate(dt.date):
+        @classmethod
+        def today(cls):
+            return cls.fromtimestamp(time_module.time())
+
+    dt.datetime, dt.date = VirtualDatetime, VirtualDate
+    return real_monotonic
+
+__codeio_real_monotonic__ = __codeio_virtual_clock__(__EPOCH_NS__, __TICK_NS__)
+'''
+
+
+def clock_prelude(epoch_s: float, tick_s: float) -> str:
+    """The virtual clock (see _CLOCK) at this epoch and tick, as prelude text."""
+    if tick_s <= 0:
+        raise ValueError(f"the virtual clock's tick must be positive, got {tick_s}")
+    return _CLOCK.replace("__EPOCH_NS__", str(round(epoch_s * 1e9))).replace("__TICK_NS__", str(round(tick_s * 1e9)))
+
+
+# Both harnesses seed `random` and, where the record's code imported it, numpy's
+# global generator: code that draws unseeded random numbers then records the same
+# pairs on every run (the determinism check, in another world, drops them).
+_SEED_GENERATORS = '''
+def __codeio_seed_generators__(seed):
+    import random, sys
+    random.seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed % (1 << 32))
+'''
+
+_GENERATE = clock_prelude(FIRST_WORLD_EPOCH_S, FIRST_WORLD_TICK_S) + _SEED_GENERATORS + '''
 def __codeio_too_big__(value, sizes):
     """Why `value` breaks the size limits, or None."""
     kind = type(value)
@@ -97,21 +180,22 @@ def __codeio_too_big__(value, sizes):
 
 
 def __codeio_ios__():
-    import json, random, time
+    import json
     params = json.loads(__codeio_params__)
     sizes, funcname = params["sizes"], params["funcname"]
     solve, generate = globals().get(funcname), globals().get("input_generator")
     for name, found in ((funcname, solve), ("input_generator", generate)):
         if not callable(found):
             return {"error": "the record's code does not define a function `%s`" % name}
-    random.seed(params["seed"])
-    deadline = time.monotonic() + params["budget_s"]
+    __codeio_seed_generators__(params["seed"])
+    deadline = __codeio_real_monotonic__() + params["budget_s"]
     pairs, seen, rejected, calls = [], set(), {}, 0
 
     def reject(reason):
         rejected[reason] = rejected.get(reason, 0) + 1
 
-    while calls < params["max_calls"] and len(pairs) < params["max_pairs"] and time.monotonic() < deadline:
+    while (calls < params["max_calls"] and len(pairs) < params["max_pairs"]
+           and __codeio_real_monotonic__() < deadline):
         calls += 1
         try:
             kwargs = generate()
@@ -161,14 +245,14 @@ def __codeio_ios__():
     return {"pairs": pairs, "calls": calls, "rejected": rejected}
 '''
 
-_REPLAY = '''
+_REPLAY = clock_prelude(FIRST_WORLD_EPOCH_S, FIRST_WORLD_TICK_S) + _SEED_GENERATORS + '''
 def __codeio_replay__():
-    import json, random
+    import json
     params = json.loads(__codeio_params__)
     solve = globals().get(params["funcname"])
     if not callable(solve):
         raise NameError("the record's code does not define a function `%s`" % params["funcname"])
-    random.seed(params["seed"])  # code that draws random numbers replays the same way every time
+    __codeio_seed_generators__(params["seed"])
     results = []
     for kwargs in params["inputs"]:
         try:

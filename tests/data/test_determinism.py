@@ -120,3 +120,20 @@ def test_a_recheck_that_cannot_finish_is_an_error_row_not_a_crash(sandbox, reche
     assert result.row is None
     assert "determinism check" in result.error, result.error
     assert json.dumps(result.to_dict())  # an error row like any other
+
+
+@pytest.mark.parametrize("name,refcode", [
+    ("time taken", "import time\ndef main_solution(n):\n    start = time.perf_counter()\n"
+                   "    total = sum(range(n))\n    return [total, time.perf_counter() - start]\n"),
+    ("CPU time", "import time\ndef main_solution(n):\n    return [time.process_time(), n]\n"),
+    ("the date and time", "import datetime\ndef main_solution(n):\n    return str(datetime.datetime.now()) + str(n)\n"),
+    ("numpy's global generator", "import numpy as np\ndef main_solution(n):\n    return [float(np.random.rand()), n]\n"),
+])
+def test_the_first_world_records_the_same_pairs_on_every_run(sandbox, recheck, name, refcode):
+    """A virtual clock and seeded generators: rerunning the stage gives the same
+    bytes even for code that reads the clock or draws unseeded numbers (which the
+    recheck, in its own world, then drops)."""
+    runs = [run([record(refcode)], sandbox, recheck, determinism=False)[0].row["ios"] for _ in range(2)]
+    assert runs[0] == runs[1], name
+    (checked,) = run([record(refcode)], sandbox, recheck)
+    assert checked.row is None and ios.reason_kind(checked.error) == "non-deterministic", name
