@@ -67,15 +67,21 @@ KERNEL_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(KERNEL_CASES))
-def test_splash_kernel_matches_xla_forward_and_gradients(case):
-    batch, length, heads, kv_heads, head_dim, v_dim, softcap, window, packed = KERNEL_CASES[case]
-    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+def kernel_case_arrays(case: str, seed: int):
+    """q, k, v, an output cotangent, and the case's segments, positions and loss weights."""
+    batch, length, heads, kv_heads, head_dim, v_dim, _, _, packed = KERNEL_CASES[case]
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
     q = jax.random.normal(keys[0], (batch, length, heads, head_dim))
     k = jax.random.normal(keys[1], (batch, length, kv_heads, head_dim))
     v = jax.random.normal(keys[2], (batch, length, kv_heads, v_dim))
     cotangent = jax.random.normal(keys[3], (batch, length, heads, v_dim))
-    segments, positions, weights = packed_batch(batch, length, packed)
+    return (q, k, v, cotangent, *packed_batch(batch, length, packed))
+
+
+@pytest.mark.parametrize("case", sorted(KERNEL_CASES))
+def test_splash_kernel_matches_xla_forward_and_gradients(case):
+    batch, length, heads, kv_heads, head_dim, v_dim, softcap, window, packed = KERNEL_CASES[case]
+    q, k, v, cotangent, segments, positions, weights = kernel_case_arrays(case, 0)
     # Padding (segment 0) attends among itself differently (all by position 0 against causal by
     # index) and carries no loss: compare the real tokens, and weight the gradients by them.
     cotangent = cotangent * weights[:, :, None, None]
@@ -100,13 +106,8 @@ def test_splash_kernel_matches_xla_forward_and_gradients(case):
 @pytest.mark.parametrize("case", sorted(KERNEL_CASES))
 def test_xla_attention_by_query_blocks_matches_all_rows_at_once(case):
     """XlaAttentionSettings.query_block: every row, padding included, and every gradient."""
-    batch, length, heads, kv_heads, head_dim, v_dim, softcap, window, packed = KERNEL_CASES[case]
-    keys = jax.random.split(jax.random.PRNGKey(1), 4)
-    q = jax.random.normal(keys[0], (batch, length, heads, head_dim))
-    k = jax.random.normal(keys[1], (batch, length, kv_heads, head_dim))
-    v = jax.random.normal(keys[2], (batch, length, kv_heads, v_dim))
-    cotangent = jax.random.normal(keys[3], (batch, length, heads, v_dim))
-    segments, positions, _ = packed_batch(batch, length, packed)
+    head_dim, softcap, window = (KERNEL_CASES[case][i] for i in (4, 6, 7))
+    q, k, v, cotangent, segments, positions, _ = kernel_case_arrays(case, 1)
 
     def attention(q, k, v):
         return self_attention(q, k, v, positions, segments, impl="xla", scale=head_dim ** -0.5, softcap=softcap,
