@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from codeio_jax.verify import cruxeval, cruxeval_prompts
-from tasks import chat_format
+from codeio_jax.models import chat_format
 
 TFDS_NAME = "cruxeval:1.0.0"
 TASK_NAMES = ("cruxeval_input", "cruxeval_output")

@@ -15,7 +15,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import chat_format, preprocessors
+from codeio_jax.models import chat_format
+from tasks import preprocessors
 from tasks.codeio import output_features
 
 

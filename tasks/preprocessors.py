@@ -3,7 +3,7 @@
 An example (one row of the TFRecords the `write` stage makes) becomes a chat:
 the system message, the prompt, the first answer, and for each later turn the
 feedback (in the words the teacher saw it: prompts.REVISION) and the answer.
-The chat is rendered by tasks.chat_format exactly as the family's Hugging Face
+The chat is rendered by codeio_jax.models.chat_format exactly as the family's Hugging Face
 template renders it, and each piece is tokenized on its own, so the mask is
 exact: 1 on assistant text and its end-of-turn marker, 0 elsewhere. Pieces
 meet at special tokens or at the edges of a turn's content, where byte-level
@@ -19,7 +19,7 @@ import seqio
 import tensorflow as tf
 
 from codeio_jax.data.prompts import REVISION
-from tasks import chat_format
+from codeio_jax.models import chat_format
 
 TEXT_FIELDS = ("system", "prompt", "turn_1", "feedback_1", "turn_2", "feedback_2")
 

@@ -1,7 +1,7 @@
 """Chats in, text out: the sampler with a tokenizer and a chat template.
 
 `ChatModel` is what the local teacher and the server share: it renders a chat
-with the family's template (tasks/chat_format.py, the generation prompt
+with the family's template (models/chat_format.py, the generation prompt
 appended), encodes it with a `tokenizers.Tokenizer` (tokenizer.json), generates
 a batch of rows, and decodes each back to text.
 
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from codeio_jax.sampling.sampler import Sampler, SamplingParams
-from tasks import chat_format
+from codeio_jax.models import chat_format
 
-# Our model family -> its chat template family (tasks/chat_format.py).
+# Our model family -> its chat template family (models/chat_format.py).
 CHAT_FAMILY = {"llama": "llama3", "qwen2": "qwen2", "gemma2": "gemma2", "deepseek_v2": "deepseek_v2"}
 END_OF_TURN = {"llama3": "<|eot_id|>", "qwen2": "<|im_end|>", "gemma2": "<end_of_turn>",
                "deepseek_v2": chat_format.DEEPSEEK_EOS}
@@ -46,7 +46,7 @@ class ChatResult:
 
 class ChatModel:
     """sampler: generates token ids. tokenizer: a `tokenizers.Tokenizer`.
-    family: the chat template (see tasks/chat_format.py).
+    family: the chat template (see models/chat_format.py).
     stop_token_ids: the ids every row stops at (see `end_token_ids`)."""
 
     def __init__(self, sampler: Sampler, tokenizer: Any, family: str, stop_token_ids: Sequence[int]):

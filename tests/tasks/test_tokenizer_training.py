@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.chat_format import render
+from codeio_jax.models.chat_format import render
 from tasks.tokenizer_training import train_bpe
 
 pytest.importorskip("seqio")

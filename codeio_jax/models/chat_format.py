@@ -3,7 +3,7 @@
 The SeqIO tasks need the text byte for byte as `tokenizer.apply_chat_template(...,
 tokenize=False)` makes it (a model fine-tuned on other bytes sees a format it never
 learnt), but the package must stay light: this is plain string building, no jinja2 and
-no transformers. tests/tasks/test_chat_format.py holds the real templates and checks
+no transformers. tests/models/test_chat_format.py holds the real templates and checks
 every renderer against transformers on the same chats.
 
 Families and the template each mirrors (the `chat_template` of the model's
