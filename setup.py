@@ -32,6 +32,8 @@ setup(
         "orbax-checkpoint==0.12.8",
         "safetensors==0.8.0",
         "tokenizers==0.23.3",  # the sampler's chat models, the local teacher, `serve`
+        "jinja2==3.1.6",  # a model folder's own chat template, rendered as transformers renders it
+        "markupsafe==3.0.4",  # jinja2's dependency, pinned
         "gguf==0.19.0",  # `convert gguf-to-hf`: llama.cpp's files read and dequantised (pure Python)
         "matplotlib==3.11.2",  # the loss curve of a run's report
     ],
@@ -41,7 +43,6 @@ setup(
             "pytest-timeout==2.4.0",
             # The reference for chat templates and tokenizers (tested against, never imported by the package).
             "transformers==5.24.0",
-            "jinja2==3.1.6",
             # Parity tests: transformers models with random weights. 2.13.0 is a CPU build on this
             # machine's index; another spec may pull gigabytes of CUDA wheels.
             "torch==2.13.0",

@@ -59,7 +59,7 @@ def add_commands(sub) -> None:
     serve = sub.add_parser("serve", help="an OpenAI-compatible chat server for a Hugging Face model folder")
     serve.add_argument("--model", required=True, type=Path, help="config.json, safetensors and tokenizer.json")
     serve.add_argument("--family", default=None, choices=["qwen2", "llama3", "gemma2", "deepseek_v2"],
-                       help="the chat template (default: the model's family's)")
+                       help="force one of our chat templates (default: the folder's own, else the model's family's)")
     serve.add_argument("--name", default=None, help="the model name clients send (default: the folder's name)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -208,6 +208,7 @@ def _gguf_to_hf(args) -> int:
 
 
 def _serve(args) -> int:
+    from codeio_jax.models.chat_template import ChatTemplateError
     from codeio_jax.models.convert import CheckpointError
     from codeio_jax.sampling.chat import ChatModel
     from codeio_jax.sampling.server import make_server
@@ -216,12 +217,12 @@ def _serve(args) -> int:
         raise CommandError(f"--max-batch must be at least 1, got {args.max_batch}")
     try:
         chat = ChatModel.from_folder(args.model, args.family, args.max_length)
-    except (CheckpointError, FileNotFoundError) as exc:
+    except (CheckpointError, ChatTemplateError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     name = args.name or args.model.resolve().name
     server = make_server(chat, args.host, args.port, name, args.max_batch)
     host, port = server.server_address[:2]
-    print(f"serving {name} ({chat.family} template, batches of up to {args.max_batch}) on http://{host}:{port}/v1",
+    print(f"serving {name} ({chat.template_name}, batches of up to {args.max_batch}) on http://{host}:{port}/v1",
           flush=True)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: what a server that will not stop is waiting on.
     faulthandler.register(signal.SIGUSR1, all_threads=True)

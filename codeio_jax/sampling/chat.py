@@ -1,9 +1,11 @@
 """Chats in, text out: the sampler with a tokenizer and a chat template.
 
 `ChatModel` is what the local teacher and the server share: it renders a chat
-with the family's template (models/chat_format.py, the generation prompt
-appended), encodes it with a `tokenizers.Tokenizer` (tokenizer.json), generates
-a batch of rows, and decodes each back to text.
+with the model folder's own chat template (models/chat_template.py) or, where
+the folder has none or a family is asked for, the family's
+(models/chat_format.py), the generation prompt appended; encodes it with a
+`tokenizers.Tokenizer` (tokenizer.json), generates a batch of rows, and decodes
+each back to text.
 
 Stopping: every row stops at the model's end tokens (EOS and the family's end
 of turn, found in generation_config.json, config.json, tokenizer_config.json
@@ -22,6 +24,7 @@ from typing import Any, Sequence
 
 from codeio_jax.sampling.sampler import Sampler, SamplingParams
 from codeio_jax.models import chat_format
+from codeio_jax.models.chat_template import FolderChatTemplate
 
 # Our model family -> its chat template family (models/chat_format.py).
 CHAT_FAMILY = {"llama": "llama3", "qwen2": "qwen2", "gemma2": "gemma2", "deepseek_v2": "deepseek_v2"}
@@ -46,27 +49,39 @@ class ChatResult:
 
 class ChatModel:
     """sampler: generates token ids. tokenizer: a `tokenizers.Tokenizer`.
-    family: the chat template (see models/chat_format.py).
-    stop_token_ids: the ids every row stops at (see `end_token_ids`)."""
+    family: one of our chat templates (models/chat_format.py), or None with `template`.
+    stop_token_ids: the ids every row stops at (see `end_token_ids`).
+    template: a folder's own chat template, used instead of the family's."""
 
-    def __init__(self, sampler: Sampler, tokenizer: Any, family: str, stop_token_ids: Sequence[int]):
-        if family not in END_OF_TURN:
+    def __init__(self, sampler: Sampler, tokenizer: Any, family: str | None, stop_token_ids: Sequence[int],
+                 template: FolderChatTemplate | None = None):
+        if template is None and family not in END_OF_TURN:
             raise ValueError(f"unknown chat family {family!r}; expected one of {', '.join(END_OF_TURN)}")
         self.sampler = sampler
         self.tokenizer = tokenizer
-        self.family = family
+        self.family = family if template is None else None
+        self.template = template
         self.stop_token_ids = tuple(stop_token_ids)
 
     @classmethod
     def from_folder(cls, folder: str | Path, family: str | None = None, max_length: int | None = None,
                     tokenizer: Any = None) -> "ChatModel":
-        """A Hugging Face folder: config.json, safetensors and tokenizer.json."""
+        """A Hugging Face folder: config.json, safetensors and tokenizer.json. Its own
+        chat template when it has one, unless `family` forces one of ours."""
         from codeio_jax.models import convert
 
         config, params = convert.load_hf(folder)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
-        family = family or CHAT_FAMILY[config.family]
-        return cls(Sampler(config, params, max_length), tokenizer, family, end_token_ids(folder, tokenizer, family))
+        template = FolderChatTemplate.from_folder(folder) if family is None else None
+        if template is None:
+            family = family or CHAT_FAMILY[config.family]
+        return cls(Sampler(config, params, max_length), tokenizer, family, end_token_ids(folder, tokenizer, family),
+                   template)
+
+    @property
+    def template_name(self) -> str:
+        """What renders the chats, for a user to read."""
+        return f"the folder's chat template ({self.template.origin})" if self.template else f"{self.family} template"
 
     @property
     def max_length(self) -> int:
@@ -74,7 +89,10 @@ class ChatModel:
 
     def encode(self, messages: Sequence[dict]) -> list[int]:
         """The chat's prompt ids; ValueError (from the template) for a malformed chat."""
-        text = chat_format.render(messages, self.family, add_generation_prompt=True)
+        if self.template is not None:
+            text = self.template.render(messages, add_generation_prompt=True)
+        else:
+            text = chat_format.render(messages, self.family, add_generation_prompt=True)
         # The rendered text already holds BOS and every marker: add nothing.
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
@@ -107,11 +125,12 @@ def load_tokenizer(folder: str | Path):
     return Tokenizer.from_file(str(path))
 
 
-def end_token_ids(folder: str | Path | None, tokenizer: Any, family: str) -> list[int]:
-    """The ids a reply ends at: the family's end-of-turn token and the EOS ids of
-    the folder's generation_config.json / config.json / tokenizer_config.json."""
+def end_token_ids(folder: str | Path | None, tokenizer: Any, family: str | None) -> list[int]:
+    """The ids a reply ends at: the family's end-of-turn token (none for a folder's
+    own template) and the EOS ids of the folder's generation_config.json /
+    config.json / tokenizer_config.json."""
     ids: list[int] = []
-    names = [END_OF_TURN[family]]
+    names = [END_OF_TURN[family]] if family is not None else []
     for name in ("generation_config.json", "config.json", "tokenizer_config.json"):
         path = Path(folder) / name if folder is not None else None
         if path is None or not path.exists():

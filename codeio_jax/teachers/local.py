@@ -27,7 +27,7 @@ class LocalTeacher:
     """model: a Hugging Face folder (config.json, safetensors, tokenizer.json), or
       (config, params) with `tokenizer` and `family` given.
     tokenizer: a `tokenizers.Tokenizer` or a tokenizer.json path (default: the folder's).
-    family: the chat template (default: the model's family's).
+    family: force one of our chat templates (default: a folder's own template, else the model's family's).
     stop_token_ids: where replies end (default: EOS and the family's end of turn).
     """
 

@@ -91,6 +91,12 @@ def test_smollm2_tokenizer_matches_on_the_cruxeval_programs(smollm2, reference):
     chat = [{"role": "user", "content": "What is f(3)?"}]
     assert loaded.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == \
         expected.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    # ...and the sampler's renderer of the folder's own template (ChatML, not Llama 3's headers).
+    from codeio_jax.models.chat_template import FolderChatTemplate
+
+    ours = FolderChatTemplate.from_folder(folder).render(chat, add_generation_prompt=True)
+    assert ours == expected.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert ours.startswith("<|im_start|>system\n")
     assert loaded.decode(want[0]) == programs[0]
 
 
