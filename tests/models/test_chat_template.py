@@ -8,7 +8,7 @@ import json
 import pytest
 
 from codeio_jax.models.chat_template import ChatTemplateError, FolderChatTemplate
-from tests.models.test_chat_format import CHATS, HAS_SYSTEM, REFERENCES, reference
+from tests.models.test_chat_format import CHATS, REFERENCES, parity_cases, reference
 
 # ChatML as SmolLM2-Instruct's tokenizer_config.json has it (its default system prompt included).
 SMOLLM2_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -18,16 +18,8 @@ SMOLLM2_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[
                     "{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
-def cases():
-    for family in REFERENCES:
-        for name in CHATS:
-            if family == "gemma2" and name in HAS_SYSTEM:
-                continue
-            yield pytest.param(family, name, id=f"{family}-{name}")
-
-
 @pytest.mark.parametrize("add_generation_prompt", [False, True])
-@pytest.mark.parametrize(("family", "chat_name"), list(cases()))
+@pytest.mark.parametrize(("family", "chat_name"), list(parity_cases()))
 def test_a_folder_template_renders_as_transformers_does(family, chat_name, add_generation_prompt):
     source, bos, eos, _ = REFERENCES[family]
     template = FolderChatTemplate(source, {"eos_token": eos, **({"bos_token": bos} if bos else {})})
