@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from codeio_jax.data.ios_harness import FIRST_WORLD_EPOCH_S, FIRST_WORLD_TICK_S, clock_prelude
+from codeio_jax.data.ios_harness import FIRST_WORLD_EPOCH_S, FIRST_WORLD_TICK_S, SEED_GENERATORS, clock_prelude
 from codeio_jax.execution import Check, Limits, Sandbox, SandboxConfig
 from codeio_jax.verify.compare import values_match
 
@@ -121,8 +121,9 @@ def _short(value) -> str:
 
 
 # Runs inside the sandbox as a prelude, before the record's code: the virtual
-# clock first (ios_harness.clock_prelude), at another epoch and half the tick.
-_RECHECK = clock_prelude(FIRST_WORLD_EPOCH_S + RECHECK_CLOCK_SHIFT_S, FIRST_WORLD_TICK_S / 2) + '''
+# clock first (ios_harness.clock_prelude), at another epoch and half the tick, then
+# the generators' seeding both worlds share.
+_RECHECK = clock_prelude(FIRST_WORLD_EPOCH_S + RECHECK_CLOCK_SHIFT_S, FIRST_WORLD_TICK_S / 2) + SEED_GENERATORS + '''
 
 import random as __codeio_random
 __codeio_seeded__ = [False]
@@ -150,10 +151,7 @@ def __codeio_recheck__():
     def reseed(offset):
         # Each pass its own seed: code that draws unseeded randomness meets
         # three streams in all (the first world's and these two).
-        random.seed(params["seed"] + offset)
-        numpy = sys.modules.get("numpy")
-        if numpy is not None:
-            numpy.random.seed((params["seed"] + offset) % (1 << 32))
+        __codeio_seed_generators__(params["seed"] + offset)
 
     def states():
         numpy = sys.modules.get("numpy")

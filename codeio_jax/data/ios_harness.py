@@ -143,10 +143,10 @@ def clock_prelude(epoch_s: float, tick_s: float) -> str:
     return _CLOCK.replace("__EPOCH_NS__", str(round(epoch_s * 1e9))).replace("__TICK_NS__", str(round(tick_s * 1e9)))
 
 
-# Both harnesses seed `random` and, where the record's code imported it, numpy's
+# Both harnesses (and the determinism check's) seed `random` and, where the record's code imported it, numpy's
 # global generator: code that draws unseeded random numbers then records the same
 # pairs on every run (the determinism check, in another world, drops them).
-_SEED_GENERATORS = '''
+SEED_GENERATORS = '''
 def __codeio_seed_generators__(seed):
     import random, sys
     random.seed(seed)
@@ -155,7 +155,7 @@ def __codeio_seed_generators__(seed):
         numpy.random.seed(seed % (1 << 32))
 '''
 
-_GENERATE = clock_prelude(FIRST_WORLD_EPOCH_S, FIRST_WORLD_TICK_S) + _SEED_GENERATORS + '''
+_GENERATE = clock_prelude(FIRST_WORLD_EPOCH_S, FIRST_WORLD_TICK_S) + SEED_GENERATORS + '''
 def __codeio_too_big__(value, sizes):
     """Why `value` breaks the size limits, or None."""
     kind = type(value)
@@ -245,7 +245,7 @@ def __codeio_ios__():
     return {"pairs": pairs, "calls": calls, "rejected": rejected}
 '''
 
-_REPLAY = clock_prelude(FIRST_WORLD_EPOCH_S, FIRST_WORLD_TICK_S) + _SEED_GENERATORS + '''
+_REPLAY = clock_prelude(FIRST_WORLD_EPOCH_S, FIRST_WORLD_TICK_S) + SEED_GENERATORS + '''
 def __codeio_replay__():
     import json
     params = json.loads(__codeio_params__)

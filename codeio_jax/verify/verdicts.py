@@ -104,10 +104,7 @@ def verify_input_predictions(items: Sequence[InputPrediction], sandbox: Sandbox,
                 f"The predicted input must be a JSON object mapping each argument name to its "
                 f"value; got {show(found.value)}.")))
         elif item.known_input is not None and _same_json(found.value, item.known_input):
-            verdicts.append(Verdict(INPUT_PREDICTION, CORRECT, predicted=found.value, actual=item.expected,
-                                    expected=item.expected, execution=KNOWN, feedback=(
-                f"Correct: `{item.funcname}` with the input {show(found.value)} returns "
-                f"{show(item.expected)}, the target output.")))
+            verdicts.append(_correct_input(item, found.value, item.expected, KNOWN))
         else:
             check = Check(call_program(item.refcode, item.funcname, found.value),
                           entry="__codeio_call__", limits=limits)
@@ -116,6 +113,12 @@ def verify_input_predictions(items: Sequence[InputPrediction], sandbox: Sandbox,
     for index, item, predicted, future in pending:
         verdicts[index] = _judge_run(item, predicted, future.result())
     return verdicts
+
+
+def _correct_input(item: InputPrediction, predicted: dict, actual: Any, execution: str) -> Verdict:
+    return Verdict(INPUT_PREDICTION, CORRECT, predicted=predicted, actual=actual, expected=item.expected,
+                   execution=execution, feedback=(f"Correct: `{item.funcname}` with the input {show(predicted)} "
+                                                  f"returns {show(actual)}, the target output."))
 
 
 def _same_json(a: Any, b: Any) -> bool:
@@ -147,10 +150,7 @@ def _judge_run(item: InputPrediction, predicted: dict, outcome) -> Verdict:
                        feedback=f"Running `{item.funcname}` with the predicted input {shown} {what}.")
     actual = outcome.value
     if first_mismatch(actual, item.expected) is None:
-        return Verdict(INPUT_PREDICTION, CORRECT, predicted=predicted, actual=actual,
-                       expected=item.expected, execution=outcome.status,
-                       feedback=(f"Correct: `{item.funcname}` with the input {shown} returns "
-                                 f"{show(actual)}, the target output."))
+        return _correct_input(item, predicted, actual, outcome.status)
     return Verdict(INPUT_PREDICTION, WRONG, predicted=predicted, actual=actual, expected=item.expected,
                    execution=outcome.status, feedback=(
         f"Incorrect: `{item.funcname}` with the predicted input {shown} returns {show(actual)}, "
