@@ -8,10 +8,11 @@
     each task weighed by its number of examples (the write stage counts them)
 
 Every task yields `targets` (token ids of the chat in the model family's
-template) and `loss_weights` (1 on assistant turns only), for
-tasks.feature_converters.ChatLMFeatureConverter. Registration is a function,
-not an import side effect, because the data folder, the vocabulary and the
-chat family are the experiment's choice (gin binds them in the trainer).
+template, or in a model folder's own one) and `loss_weights` (1 on assistant
+turns only), for tasks.feature_converters.ChatLMFeatureConverter. Registration
+is a function, not an import side effect, because the data folder, the
+vocabulary and the chat format are the experiment's choice (gin binds them in
+the trainer).
 """
 
 from __future__ import annotations
@@ -49,14 +50,21 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
 @gin.configurable
 def register_codeio_tasks(data_dir: str | Path = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED,
                           family: str = gin.REQUIRED, prefix: str = "", statuses: tuple[str, ...] = (),
-                          max_revision_turns: int = 2) -> list[str]:
+                          max_revision_turns: int = 2, chat_template: str | None = None) -> list[str]:
     """Register the tasks and mixtures (names get `prefix`) over the shards in
     `data_dir`; an earlier registration under the same names is replaced.
+    family: the chat format (codeio_jax.models.chat_format: qwen2, llama3, gemma2,
+      deepseek_v2).
     statuses: keep only examples whose final verdict is one of these (e.g.
-      ("correct",)); empty keeps all, as CodeI/O does."""
+      ("correct",)); empty keeps all, as CodeI/O does.
+    chat_template: a local model folder (tokenizer_config.json's chat_template or
+      chat_template.jinja) whose own template renders the chats instead of the
+      family's; `family` then only decides where the system message goes (gemma2
+      folds it into the first user turn)."""
     shards = str(Path(data_dir) / f"{EXAMPLES_NAME}.tfrecord-*")
     if not tf.io.gfile.glob(shards):
         raise FileNotFoundError(f"no TFRecord shards match {shards}: run the pipeline's write stage first")
+    preprocessors.template_of(chat_template)  # a folder without a template fails here, not in the input pipeline
     source = seqio.TFExampleDataSource({"train": shards}, feature_description())
     features = output_features(vocabulary)
     selections = {
@@ -71,7 +79,8 @@ def register_codeio_tasks(data_dir: str | Path = gin.REQUIRED, vocabulary: seqio
         seqio.TaskRegistry.remove(full)
         seqio.TaskRegistry.add(full, source=source, output_features=features, preprocessors=[
             functools.partial(preprocessors.keep, statuses=statuses, **selection),
-            functools.partial(preprocessors.chat_targets, family=family, max_turns=turns),
+            functools.partial(preprocessors.chat_targets, family=family, max_turns=turns,
+                              chat_template=chat_template),
             preprocessors.drop_too_long,
         ])
         names.append(full)

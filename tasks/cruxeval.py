@@ -3,7 +3,8 @@
 
 The builder reads ../shared/data/cruxeval/cruxeval.jsonl (or the file given)
 into a `test` split of 800 samples. Each eval task asks the chat prompt of
-codeio_jax.verify.cruxeval_prompts in the model family's template; the
+codeio_jax.verify.cruxeval_prompts in the model family's template (or a model
+folder's own, given `chat_template`); the
 prediction is postprocessed into a CRUXEval generation and scored in our
 sandbox by the official rules (codeio_jax.verify.cruxeval).
 """
@@ -20,8 +21,9 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from codeio_jax.verify import cruxeval, cruxeval_prompts
 from codeio_jax.models import chat_format
+from codeio_jax.models.chat_template import folder_template
+from codeio_jax.verify import cruxeval, cruxeval_prompts
 
 TFDS_NAME = "cruxeval:1.0.0"
 TASK_NAMES = ("cruxeval_input", "cruxeval_output")
@@ -58,14 +60,19 @@ def prepare(data_dir: str | Path, source_path: str | Path | None = None) -> Crux
     return builder
 
 
-def prompt_features(dataset: tf.data.Dataset, mode: str, family: str) -> tf.data.Dataset:
-    """`inputs`: the chat prompt in the family's template, ready for the answer;
-    `targets`: the true answer (the output, or the call with the true input)."""
+def prompt_features(dataset: tf.data.Dataset, mode: str, family: str,
+                    chat_template: str | None = None) -> tf.data.Dataset:
+    """`inputs`: the chat prompt in the family's template (or the folder
+    `chat_template`'s own), ready for the answer; `targets`: the true answer
+    (the output, or the call with the true input)."""
+    template = None if chat_template is None else folder_template(chat_template)
 
     def render(code, given_input, output):
         chat = cruxeval_prompts.messages(mode, code.decode(), given_input.decode(), output.decode())
         if family == "gemma2":  # no system role in Gemma's template: it leads the user turn
             chat = [{"role": "user", "content": f"{chat[0]['content']}\n\n{chat[1]['content']}"}]
+        if template is not None:
+            return template.render(chat, add_generation_prompt=True)
         return chat_format.render(chat, family, add_generation_prompt=True)
 
     def apply(example):
@@ -103,8 +110,14 @@ def pass_at_1(targets: Sequence[str], predictions: Sequence[str], *, mode: str,
 @gin.configurable
 def register_cruxeval_tasks(data_dir: str | Path = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED,
                             family: str = gin.REQUIRED, source_path: str | Path | None = None,
-                            prefix: str = "", sandbox_workers: int | None = None) -> list[str]:
-    """Build the TFDS dataset if needed and register the two eval tasks."""
+                            prefix: str = "", sandbox_workers: int | None = None,
+                            chat_template: str | None = None) -> list[str]:
+    """Build the TFDS dataset if needed and register the two eval tasks.
+    chat_template: a local model folder whose own chat template renders the
+      prompts instead of the family's; `family` then only decides where the system
+      message goes (gemma2 folds it into the user turn)."""
+    if chat_template is not None:
+        folder_template(chat_template)  # a folder without a template fails here, not mid-evaluation
     prepare(data_dir, source_path)
     features = {"inputs": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
                 "targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)}
@@ -118,7 +131,8 @@ def register_cruxeval_tasks(data_dir: str | Path = gin.REQUIRED, vocabulary: seq
                                         tfds_builder_kwargs={"source_path": str(source_path)
                                                              if source_path else None}),
             output_features=features,
-            preprocessors=[functools.partial(prompt_features, mode=mode, family=family),
+            preprocessors=[functools.partial(prompt_features, mode=mode, family=family,
+                                             chat_template=chat_template),
                            seqio.preprocessors.tokenize],
             postprocess_fn=functools.partial(postprocess, mode=mode),
             metric_fns=[functools.partial(pass_at_1, mode=mode, source_path=source_path,

@@ -1,18 +1,19 @@
-"""Assembled CodeI/O examples into token ids and a loss mask, in a model family's chat format.
+"""Assembled CodeI/O examples into token ids and a loss mask, in a model's chat format.
 
 An example (one row of the TFRecords the `write` stage makes) becomes a chat:
 the system message, the prompt, the first answer, and for each later turn the
 feedback (in the words the teacher saw it: prompts.REVISION) and the answer.
 The chat is rendered by codeio_jax.models.chat_format exactly as the family's Hugging Face
-template renders it, and each piece is tokenized on its own, so the mask is
-exact: 1 on assistant text and its end-of-turn marker, 0 elsewhere. Pieces
-meet at special tokens or at the edges of a turn's content, where byte-level
-BPE vocabularies do not merge across anyway.
+template renders it or, given `chat_template` (a local model folder), by
+codeio_jax.models.chat_template in that folder's own template, and each piece
+is tokenized on its own, so the mask is exact: 1 on assistant text and its
+end-of-turn marker, 0 elsewhere. Pieces meet at special tokens or at the edges
+of a turn's content, where byte-level BPE vocabularies do not merge across anyway.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -20,6 +21,7 @@ import tensorflow as tf
 
 from codeio_jax.data.prompts import REVISION
 from codeio_jax.models import chat_format
+from codeio_jax.models.chat_template import FolderChatTemplate, folder_template
 
 TEXT_FIELDS = ("system", "prompt", "turn_1", "feedback_1", "turn_2", "feedback_2")
 
@@ -45,27 +47,43 @@ def conversation(example: Mapping[str, str], family: str, max_turns: int) -> lis
     return messages
 
 
-def tokenize_chat(example: Mapping[str, str], family: str, vocabulary: seqio.Vocabulary,
-                  max_turns: int) -> tuple[np.ndarray, np.ndarray]:
-    """(token ids, loss weights) of an example's chat."""
+def template_of(chat_template: str | None) -> FolderChatTemplate | None:
+    """The folder's template for a task's `chat_template` argument (None: the family's)."""
+    return None if chat_template is None else folder_template(chat_template)
+
+
+def tokenize_messages(messages: Sequence[Mapping[str, str]], family: str, vocabulary: seqio.Vocabulary,
+                      template: FolderChatTemplate | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, loss weights) of a chat, in `template` or else the family's format."""
+    pieces = template.segments(messages) if template is not None else chat_format.segments(messages, family)
     ids: list[int] = []
     weights: list[int] = []
-    for text, trained in chat_format.segments(conversation(example, family, max_turns), family):
+    for text, trained in pieces:
         piece = vocabulary.encode(text)
         ids.extend(piece)
         weights.extend([int(trained)] * len(piece))
     return np.asarray(ids, np.int32), np.asarray(weights, np.int32)
 
 
+def tokenize_chat(example: Mapping[str, str], family: str, vocabulary: seqio.Vocabulary,
+                  max_turns: int, template: FolderChatTemplate | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, loss weights) of an example's chat."""
+    return tokenize_messages(conversation(example, family, max_turns), family, vocabulary, template)
+
+
 def chat_targets(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
-                 family: str, max_turns: int) -> tf.data.Dataset:
+                 family: str, max_turns: int, chat_template: str | None = None) -> tf.data.Dataset:
     """A SeqIO preprocessor: text fields in, `targets` and `loss_weights` out
-    (the other fields ride along for evaluation and inspection)."""
+    (the other fields ride along for evaluation and inspection).
+    chat_template: a local model folder whose own chat template renders the chats
+      instead of the family's; `family` then only decides the system message's place
+      (gemma2 has no system role: see `conversation`)."""
     vocabulary = output_features["targets"].vocabulary
+    template = template_of(chat_template)
 
     def encode(*fields):
         example = {name: value.decode("utf-8") for name, value in zip(TEXT_FIELDS, fields)}
-        return tokenize_chat(example, family, vocabulary, max_turns)
+        return tokenize_chat(example, family, vocabulary, max_turns, template)
 
     def apply(example):
         ids, weights = tf.numpy_function(encode, [example[name] for name in TEXT_FIELDS],

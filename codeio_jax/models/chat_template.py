@@ -13,6 +13,12 @@ controls, a `tojson` filter that does not escape HTML, `raise_exception` and
 the folder's special tokens (`bos_token`, `eos_token`, `pad_token`,
 `unk_token`). Tools, documents and `{% generation %}` blocks are not offered:
 a template that needs them fails with a TemplateError saying so.
+
+`segments` cuts a rendered chat into the pieces the loss falls on and those it
+does not, by the rule of chat_format.segments: an assistant message's content
+and the end-of-turn marker after it are trained, its role header is not. The
+pieces are found on the rendered text by rendering prefixes of the chat, which
+needs a prefix-stable template; one that is not raises instead of mis-masking.
 """
 
 from __future__ import annotations
@@ -20,12 +26,17 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 TEMPLATE_FILE = "chat_template.jinja"
 CONFIG_FILE = "tokenizer_config.json"
+# Stands in for an assistant message's content to find where the template writes it.
+CONTENT_PROBE = "codeioContentProbe7f3a9c"
+
+Segment = tuple[str, bool]  # (text, whether the loss falls on it), as chat_format's
 
 
 class ChatTemplateError(ValueError):
@@ -76,8 +87,106 @@ class FolderChatTemplate:
         except jinja2.TemplateError as exc:
             raise ChatTemplateError(f"{self.origin} could not render this chat: {exc}") from None
 
+    def segments(self, messages: Sequence[dict]) -> list[Segment]:
+        """`render(messages)` cut into consecutive pieces, each with whether it is
+        assistant-generated text the loss should fall on: each assistant message's
+        content as the template writes it (trimmed, if the template trims) plus what
+        the template writes after it, less the whitespace that ends it (the end-of-turn
+        marker: ChatML's `<|im_end|>` without the newline after it, as in
+        chat_format.segments; the model stops at the marker). Never the role header,
+        nor a default system message the template adds. Neighbouring pieces differ in
+        the flag.
+
+        Found by rendering prefixes: for each assistant message i,
+        render(messages[:i], add_generation_prompt=True) must be the start of
+        render(messages[:i + 1]), which must be the start of render(messages)
+        (the generation prompt a model is sampled with is the header it was trained
+        after, and no later turn rewrites an earlier one). A template that breaks
+        this raises ChatTemplateError. The message at i is rendered once more with a
+        probe for its content, to tell the header and the marker from the content."""
+        chat = _checked(messages)
+        whole = self.render(chat)
+        spans: list[tuple[int, int]] = []  # [start, end) of each trained piece in `whole`
+        for i, message in enumerate(chat):
+            if message["role"] != "assistant":
+                continue
+            # An assistant message first: no prefix to render (templates read messages[0]).
+            prompt = self.render(chat[:i], add_generation_prompt=True) if i else ""
+            through = self.render(chat[:i + 1])
+            probed = self.render(chat[:i] + [{**message, "content": CONTENT_PROBE}])
+            if not through.startswith(prompt) or not probed.startswith(prompt):
+                raise ChatTemplateError(
+                    f"{self.origin} is not prefix-stable: the chat up to message {i} with the generation prompt "
+                    f"does not render as the start of the chat through message {i} (the generation prompt is not "
+                    "the header of the assistant turn it opens), so its loss mask cannot be found")
+            if not whole.startswith(through):
+                raise ChatTemplateError(
+                    f"{self.origin} is not prefix-stable: the chat through message {i} does not render as the "
+                    "start of the whole chat (a later turn changes how an earlier one is written), so its loss "
+                    "mask cannot be found")
+            turn, probe = through[len(prompt):], probed[len(prompt):]
+            if probe.count(CONTENT_PROBE) != 1:
+                raise ChatTemplateError(f"{self.origin} writes the content of assistant message {i} "
+                                        f"{probe.count(CONTENT_PROBE)} times; expected once")
+            head, tail = probe.split(CONTENT_PROBE)
+            if len(turn) < len(head) + len(tail) or not (turn.startswith(head) and turn.endswith(tail)):
+                raise ChatTemplateError(f"{self.origin} writes the header or the end of assistant message {i} "
+                                        "differently for different contents, so its loss mask cannot be found")
+            start = len(prompt) + len(head)
+            end = len(through) - len(tail) + len(tail.rstrip())
+            if spans and start < spans[-1][1]:
+                raise ChatTemplateError(f"{self.origin}: assistant message {i} starts before the end of the one "
+                                        "before it; the template is not prefix-stable")
+            spans.append((start, end))
+        pieces: list[Segment] = []
+        cursor = 0
+        for start, end in spans:
+            pieces += [(whole[cursor:start], False), (whole[start:end], True)]
+            cursor = end
+        pieces.append((whole[cursor:], False))
+        merged: list[Segment] = []
+        for text, trained in pieces:
+            if not text:
+                continue
+            if merged and merged[-1][1] == trained:
+                merged[-1] = (merged[-1][0] + text, trained)
+            else:
+                merged.append((text, trained))
+        return merged
+
     def __repr__(self) -> str:
         return f"FolderChatTemplate({self.origin})"
+
+
+def folder_template(folder: str | Path) -> FolderChatTemplate:
+    """The template of a local model folder that must have one (the SeqIO tasks'
+    `chat_template`); ChatTemplateError saying what is missing otherwise."""
+    if "://" in str(folder):
+        raise ChatTemplateError(f"chat template folder {folder}: must be a local folder (copy the model's "
+                                f"{CONFIG_FILE} and {TEMPLATE_FILE}, if any, beside the run)")
+    if not Path(folder).is_dir():
+        raise ChatTemplateError(f"chat template folder {folder} does not exist")
+    template = FolderChatTemplate.from_folder(folder)
+    if template is None:
+        raise ChatTemplateError(f"{folder} has no chat template: neither {TEMPLATE_FILE} nor a chat_template "
+                                f"in {CONFIG_FILE}; pass no chat_template to use the family's")
+    return template
+
+
+def _checked(messages: Sequence[Mapping]) -> list[dict]:
+    """Copies of the messages, or a ValueError naming the one that is no chat message."""
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise ValueError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    if not messages:
+        raise ValueError("messages is empty: a chat needs at least one message")
+    chat = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise ValueError(f"message {i}: must be a dict with 'role' and 'content', got {message!r}")
+        if not isinstance(message["content"], str):
+            raise ValueError(f"message {i}: content must be a str, got {type(message['content']).__name__}")
+        chat.append(dict(message))
+    return chat
 
 
 def _token_text(value: Any) -> str | None:

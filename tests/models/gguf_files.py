@@ -13,6 +13,22 @@ REPO = Path(__file__).resolve().parents[2]
 SMOLLM2 = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def smollm2_tokenizer_folder(folder: Path) -> Path:
+    """The tokenizer half of the folder `convert gguf-to-hf` makes of the real SmolLM2
+    file (tokenizer.json, and tokenizer_config.json with its chat template), written
+    by the same functions, without dequantising the weights."""
+    import json
+
+    from codeio_jax.models import gguf, gguf_tokenizer
+
+    model = gguf.open_gguf(smollm2_gguf())
+    folder.mkdir(parents=True, exist_ok=True)
+    model.tokenizer.save(str(folder / "tokenizer.json"))
+    config = gguf_tokenizer.tokenizer_config(model.metadata, model.config.max_position_embeddings)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
 # What the real model's logits are compared on: code, a chat turn, prose with digits.
 PROMPTS = [
     "def f(nums):\n    return sorted(nums)[::-1]\nassert f([3, 1, 2]) == ",

@@ -7,6 +7,7 @@ import pytest
 from codeio_jax.data.pipeline import ChatTeacherSpec, TraceTeacherSpec, run_pipeline
 from codeio_jax.data.prompts import REVISION
 from tests.data.test_pipeline import small_corpus, student
+from tests.models.gguf_files import smollm2_tokenizer_folder
 from tests.teachers.chat_server import ChatServer
 
 tf = pytest.importorskip("tensorflow")
@@ -14,6 +15,8 @@ seqio = pytest.importorskip("seqio")
 
 from tasks import codeio  # noqa: E402
 from tasks.feature_converters import ChatLMFeatureConverter  # noqa: E402
+from tasks.preprocessors import conversation  # noqa: E402
+from tasks.vocabularies import HFTokenizerVocabulary  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +71,39 @@ def test_loss_falls_on_assistant_turns_only(pipeline_run):
     first_turn = examples_of("test_codeio_output_prediction")[0]
     only = vocabulary.decode([int(i) for i, w in zip(first_turn["targets"], first_turn["loss_weights"]) if w])
     assert only == rows[first_turn["id"].decode()]["turn_1"] + "<|im_end|>"
+
+
+def test_a_chat_template_folder_renders_the_chats_in_its_own_template(pipeline_run, tmp_path):
+    """SmolLM2 (a Llama architecture that speaks ChatML): its exported folder's
+    template and tokenizer, not the llama3 family's format."""
+    from transformers import AutoTokenizer
+
+    report, _ = pipeline_run
+    rows = {row["id"]: row for row in map(json.loads, report.examples.read_text().splitlines())}
+    folder = smollm2_tokenizer_folder(tmp_path / "smollm2")
+    vocabulary = HFTokenizerVocabulary(str(folder))
+    names = codeio.register_codeio_tasks(data_dir=report.work_dir / "tfrecords", vocabulary=vocabulary,
+                                         family="llama3", prefix="folder_", chat_template=str(folder))
+    try:  # (example, assistant turns its task keeps)
+        examples = [(e, 2) for e in examples_of("folder_codeio_pp_revision")] + \
+            [(e, 1) for e in examples_of("folder_codeio_output_prediction")]
+    finally:
+        for name in names:
+            seqio.TaskRegistry.remove(name)
+            seqio.MixtureRegistry.remove(name)
+    reference = AutoTokenizer.from_pretrained(folder)
+
+    def decode(ids):  # every id, <|im_end|> (this vocabulary's EOS) included
+        return vocabulary.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    assert {min(rows[e["id"].decode()]["turns"], kept) for e, kept in examples} == {1, 2}
+    for example, kept in examples:
+        row = rows[example["id"].decode()]
+        turns = min(row["turns"], kept)
+        ids, weights = example["targets"], example["loss_weights"]
+        assert decode(ids[weights == 1]) == "".join(row[f"turn_{t}"] + "<|im_end|>" for t in range(1, turns + 1))
+        assert decode(ids) == reference.apply_chat_template(conversation(row, "llama3", turns), tokenize=False)
+        assert "<|start_header_id|>" not in decode(ids)
 
 
 def test_mixture_packs_through_the_chat_converter(pipeline_run):
