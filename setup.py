@@ -48,6 +48,7 @@ setup(
             "torch==2.13.0",
             "tensorboard==2.21.0",  # its own reader checks our event files
             "accelerate==1.16.0",  # transformers' own GGUF loading, the reference for `convert gguf-to-hf`
+            "peft==0.21.2",  # loads our LoRA adapter export onto the transformers model (the reference)
         ],
         "seqio": [
             "tensorflow==2.21.0",

@@ -65,6 +65,40 @@ class MoEConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (models/lora.py): each targeted projection W gains
+    x -> (alpha / rank) * dropout(x) A B beside x W, A [*in, rank] and B [rank, *out],
+    B starting at zero so a fresh adapter leaves the model as it was.
+
+    targets: projection names (q_proj, k_proj, v_proj, o_proj, gate_proj,
+      up_proj, down_proj; DeepSeek's q_a_proj, q_b_proj, kv_a_proj_with_mqa), or
+      "all-linear" for every one of them (PEFT's spelling)."""
+
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.targets, str):
+            object.__setattr__(self, "targets", (self.targets,))
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if not self.targets:
+            raise ValueError("LoRA needs at least one target projection")
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be at least 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def targets_module(self, name: str) -> bool:
+        return "all-linear" in self.targets or name in self.targets
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     family: str
     vocab_size: int
@@ -102,6 +136,8 @@ class ModelConfig:
     scan_layers: bool = False
     attention_impl: str = "auto"
     moe_impl: str = "dropless"
+    # Adapters on the projections it targets (training with a frozen base); None: none.
+    lora: LoraConfig | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from codeio_jax.models.config import ModelConfig
-from codeio_jax.models.layers import MLP, Attention, RMSNorm, Weight, dense_init
+from codeio_jax.models.layers import LORA_COLLECTION, LORA_DROPOUT_RNG, MLP, Attention, RMSNorm, Weight, dense_init
 
 Array = jax.Array
 
@@ -98,7 +98,10 @@ class Decoder(nn.Module):
             layer_cls = nn.remat(DecoderLayer, policy=_REMAT[cfg.remat], prevent_cse=True)
         new_cache = [] if cache is not None else None
         if cfg.scan_layers and cache is None and not self.is_initializing():
-            x = scanned_layers(cfg, nn.meta.unbox(self.variables["params"]), x, positions, segments)
+            adapters = nn.meta.unbox(self.variables.get(LORA_COLLECTION, {})) or None
+            dropout_rng = self.make_rng(LORA_DROPOUT_RNG) if self.has_rng(LORA_DROPOUT_RNG) else None
+            x = scanned_layers(cfg, nn.meta.unbox(self.variables["params"]), x, positions, segments, adapters,
+                               dropout_rng)
         else:
             for i in range(cfg.num_layers):
                 x, layer_cache = layer_cls(cfg, i, name=f"layers_{i}")(
@@ -143,26 +146,37 @@ def layer_runs(config: ModelConfig) -> list[tuple[int, int, int]]:
     return runs
 
 
-def scanned_layers(config: ModelConfig, params: dict, x: Array, positions: Array,
-                   segments: Array | None) -> Array:
+def scanned_layers(config: ModelConfig, params: dict, x: Array, positions: Array, segments: Array | None,
+                   adapters: dict | None = None, dropout_rng: Array | None = None) -> Array:
     """The layers applied as one lax.scan per run of layer_runs, each block rematerialised
-    under the config's policy. The per-layer parameters (layers_0, layers_1, ...) are
-    stacked for the scan here, so the stored tree is the unrolled one."""
+    under the config's policy. The per-layer parameters (layers_0, layers_1, ...) and
+    LoRA adapters are stacked for the scan here, so the stored trees are the unrolled
+    ones; each layer's adapter dropout draws from the rng folded with its index."""
     policy = _REMAT.get(config.remat)
 
+    def layer_variables(index: int) -> dict:
+        variables = {"params": params[f"layers_{index}"]}
+        if adapters is not None and f"layers_{index}" in adapters:
+            variables[LORA_COLLECTION] = adapters[f"layers_{index}"]
+        return variables
+
     for start, period, repeats in layer_runs(config):
-        def block(h, block_params, start=start, period=period):
+        def block(h, xs, start=start, period=period):
+            block_variables, first = xs
             for j in range(period):
                 # parent=None: applied functionally, not registered as a child of the Decoder.
                 layer = DecoderLayer(config, start + j, parent=None)
-                h, _ = layer.apply({"params": block_params[j]}, h, positions, segments, None)
+                rngs = ({LORA_DROPOUT_RNG: jax.random.fold_in(dropout_rng, first + j)}
+                        if dropout_rng is not None else None)
+                h, _ = layer.apply(block_variables[j], h, positions, segments, None, rngs=rngs)
             return h, None
 
         if config.remat != "none":
             block = jax.checkpoint(block, policy=policy, prevent_cse=False)
-        blocks = [[params[f"layers_{start + r * period + j}"] for j in range(period)] for r in range(repeats)]
+        blocks = [[layer_variables(start + r * period + j) for j in range(period)] for r in range(repeats)]
         stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *blocks)
-        x, _ = jax.lax.scan(block, x, stacked)
+        firsts = start + period * jnp.arange(repeats)
+        x, _ = jax.lax.scan(block, x, (stacked, firsts))
     return x
 
 

@@ -68,7 +68,7 @@ class MLAttention(nn.Module):
 
         def dense(name, features, names, inputs):
             features = features if isinstance(features, tuple) else (features,)
-            return Projection(features, names, dtype=dtype, param_dtype=pdtype, name=name)(inputs)
+            return Projection(features, names, dtype=dtype, param_dtype=pdtype, lora=cfg.lora, name=name)(inputs)
 
         def norm(name, inputs):
             return RMSNorm(LATENT_NORM_EPS, False, dtype, pdtype, name=name)(inputs)
@@ -96,7 +96,7 @@ class MLAttention(nn.Module):
             out, cache = _attend_latent(cfg, q_nope, q_pe, latent, k_pe, kv_b, positions, cache)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         out = Projection((cfg.hidden_size,), ("heads", "head_dim", "embed"), contract=2, dtype=dtype,
-                         param_dtype=pdtype, name="o_proj")(out)
+                         param_dtype=pdtype, lora=cfg.lora, name="o_proj")(out)
         return out, cache
 
 

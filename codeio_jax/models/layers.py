@@ -16,9 +16,14 @@ import jax
 import jax.numpy as jnp
 
 from codeio_jax.models.attention import attention_mask, parameter_free_impl, self_attention, xla_attention
-from codeio_jax.models.config import ModelConfig, RopeConfig
+from codeio_jax.models.config import LoraConfig, ModelConfig, RopeConfig
 
 Array = jax.Array
+
+# Adapters live in their own variable collection beside "params", so a step can
+# differentiate them alone and a checkpoint can hold them alone.
+LORA_COLLECTION = "lora"
+LORA_DROPOUT_RNG = "lora_dropout"
 
 
 def dense_init(names: tuple[str, ...], scale: float = 0.02):
@@ -41,16 +46,45 @@ class Projection(nn.Module):
     use_bias: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    lora: LoraConfig | None = None  # adapters when it targets this projection's name
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        shape = (*x.shape[x.ndim - self.contract:], *self.features)
+        inputs = x.shape[x.ndim - self.contract:]
+        shape = (*inputs, *self.features)
         kernel = self.param("kernel", dense_init(self.names), shape, self.param_dtype)
         y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract)
         if self.use_bias:
             bias_names = self.names[self.contract:]
             y = y + self.param("bias", zeros_init(bias_names), self.features, self.param_dtype).astype(self.dtype)
+        if self.lora is not None and self.lora.targets_module(self.name) and (
+                self.is_initializing() or self.has_variable(LORA_COLLECTION, "lora_a")):
+            y = y + self._adapter(x, inputs)
         return y
+
+    def _adapter(self, x: Array, inputs: tuple[int, ...]) -> Array:
+        """scale * dropout(x) A B, through the rank-wide bottleneck (never the
+        full-size product A B: that would cost a weight's memory and FLOPs)."""
+        lora, dtype = self.lora, self.dtype
+        # PEFT's init: A uniform with bound 1 / sqrt(fan_in) (kaiming_uniform, a = sqrt(5)), B zero.
+        bound = 1.0 / math.sqrt(math.prod(inputs))
+
+        def uniform(key, shape, dtype_):
+            return jax.random.uniform(key, shape, dtype_, -bound, bound)
+
+        in_names, out_names = self.names[:self.contract], self.names[self.contract:]
+        a = self.variable(LORA_COLLECTION, "lora_a", nn.with_logical_partitioning(uniform, (*in_names, None)),
+                          self.make_rng("params") if self.is_initializing() else None,
+                          (*inputs, lora.rank), self.param_dtype).value
+        b = self.variable(LORA_COLLECTION, "lora_b",
+                          nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, *out_names)),
+                          None, (lora.rank, *self.features), self.param_dtype).value
+        a, b = nn.meta.unbox(a), nn.meta.unbox(b)
+        if lora.dropout and self.has_rng(LORA_DROPOUT_RNG):  # training passes the rng; scoring and sampling do not
+            keep = jax.random.bernoulli(self.make_rng(LORA_DROPOUT_RNG), 1.0 - lora.dropout, x.shape)
+            x = jnp.where(keep, x / (1.0 - lora.dropout), 0).astype(x.dtype)
+        low = jnp.tensordot(x.astype(dtype), a.astype(dtype), axes=self.contract)
+        return jnp.tensordot(low, b.astype(dtype), axes=1) * jnp.asarray(lora.scale, dtype)
 
 
 class Weight(nn.Module):
@@ -170,7 +204,7 @@ class Attention(nn.Module):
 
         def project(name, heads, names):
             return Projection((heads, cfg.head_dim), ("embed", *names), use_bias=cfg.qkv_bias, dtype=dtype,
-                              param_dtype=pdtype, name=name)(x)
+                              param_dtype=pdtype, lora=cfg.lora, name=name)(x)
 
         q = project("q_proj", cfg.num_heads, ("heads", "head_dim"))
         k = project("k_proj", cfg.num_kv_heads, ("kv_heads", "head_dim"))
@@ -189,7 +223,7 @@ class Attention(nn.Module):
             out = xla_attention(q, k, v, mask, cfg.query_scale, cfg.attn_logit_softcap)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         out = Projection((cfg.hidden_size,), ("heads", "head_dim", "embed"), contract=2, dtype=dtype,
-                         param_dtype=pdtype, name="o_proj")(out)
+                         param_dtype=pdtype, lora=cfg.lora, name="o_proj")(out)
         return out, cache
 
 
@@ -221,8 +255,7 @@ class MLP(nn.Module):
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
         def dense(name, features, names):
-            return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=pdtype,
-                            kernel_init=dense_init(names), name=name)
+            return Projection((features,), names, dtype=dtype, param_dtype=pdtype, lora=cfg.lora, name=name)
 
         gate = dense("gate_proj", self.intermediate_size, ("embed", "mlp"))(x)
         up = dense("up_proj", self.intermediate_size, ("embed", "mlp"))(x)
