@@ -43,11 +43,14 @@ def add_commands(sub) -> None:
     evaluate.set_defaults(handler=_eval)
 
     convert = sub.add_parser("convert", help="models between Hugging Face folders, codeio-jax checkpoints and "
-                                             "GGUF files (llama.cpp's; gguf-to-hf only)")
-    convert.add_argument("direction", choices=["hf-to-jax", "jax-to-hf", "gguf-to-hf"])
+                                             "GGUF files (llama.cpp's; gguf-to-hf only); LoRA adapters to PEFT",
+                             description="jax-to-hf of a run that trained LoRA adapters writes the base with the "
+                                         "adapters merged in; jax-to-peft writes the adapters alone, as peft's "
+                                         "adapter_config.json and adapter_model.safetensors.")
+    convert.add_argument("direction", choices=["hf-to-jax", "jax-to-hf", "gguf-to-hf", "jax-to-peft"])
     convert.add_argument("--in", dest="inp", required=True, type=Path,
-                         help="a Hugging Face folder (config.json + safetensors), a codeio-jax checkpoint or a "
-                              ".gguf file (llama or qwen2 architecture)")
+                         help="a Hugging Face folder (config.json + safetensors), a codeio-jax checkpoint or "
+                              "training run, or a .gguf file (llama or qwen2 architecture)")
     convert.add_argument("--out", required=True, type=Path, help="the folder to write (must not hold a model)")
     convert.add_argument("--dtype", default=None,
                          help="parameter dtype, e.g. bfloat16 (default: as stored; gguf-to-hf: float32, the "
@@ -171,6 +174,8 @@ def _convert(args) -> int:
         raise CommandError(f"{args.inp} does not exist")
     if args.direction == "gguf-to-hf":
         return _gguf_to_hf(args)
+    if args.direction == "jax-to-peft":
+        return _jax_to_peft(args)
     from codeio_jax.models import checkpoint, convert
 
     try:
@@ -185,6 +190,23 @@ def _convert(args) -> int:
         raise CommandError(str(exc)) from None
     count = sum(x.size for x in __import__("jax").tree_util.tree_leaves(params))
     print(f"convert {args.direction}: {config.family}, {config.num_layers} layers, {count:,} parameters -> {args.out}")
+    return 0
+
+
+def _jax_to_peft(args) -> int:
+    from codeio_jax.models import checkpoint, lora
+
+    if (args.out / lora.ADAPTER_CONFIG).exists():
+        raise CommandError(f"{args.out} already holds an adapter; choose another folder")
+    try:
+        config, adapters, base = checkpoint.load_adapters(args.inp)
+        lora.save_peft(args.out, config, adapters, base_model=str(base))
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    count = sum(x.size for x in __import__("jax").tree_util.tree_leaves(adapters))
+    settings = config.lora
+    print(f"convert jax-to-peft: rank {settings.rank}, alpha {settings.alpha:g} on "
+          f"{', '.join(settings.targets)}, {count:,} adapter parameters (base {base}) -> {args.out}")
     return 0
 
 

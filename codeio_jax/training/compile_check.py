@@ -72,6 +72,9 @@ def configured_train_arguments() -> dict[str, Any]:
     shape.update({k: v for k, v in gin.get_bindings(selector).items() if k in ("batch_size", "length")})
     # Resolve the rest (model, optimizer, mesh) as train would, without the parts
     # that name data, folders or a trained model (their macros may be left unset).
+    if raw.get("model") is None:
+        raise ValueError("compile_only needs the architecture bound as train.model (a gin/models/*.gin), "
+                         "not only train.init_from: nothing is read from checkpoints")
     with gin.unlock_config():
         for name in ("model_dir", "inputs", "evaluate", "init_from", "on_log"):
             if name in raw:
@@ -88,14 +91,15 @@ def compile_configured(topology: hardware.Topology) -> CompileReport:
     arguments = configured_train_arguments()
     return compile_for(topology, **{name: arguments[name] for name in (
         "model", "mesh", "optimizer", "steps", "batch_size", "length", "seed", "z_loss", "compute_dtype", "remat",
-        "attention_impl", "moe_impl", "loss_chunk_length", "scan_layers")})
+        "attention_impl", "moe_impl", "loss_chunk_length", "scan_layers", "lora")})
 
 
 def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int, batch_size: int, length: int,
                 seed: int = 0, z_loss: float = 0.0, compute_dtype: str = "bfloat16", remat: str | None = None,
                 attention_impl: str | None = None, moe_impl: str | None = None,
-                loss_chunk_length: int = 512, scan_layers: bool | None = None) -> CompileReport:
-    """Compile the step `train` would build for these arguments on `topology`."""
+                loss_chunk_length: int = 512, scan_layers: bool | None = None, lora=None) -> CompileReport:
+    """Compile the step `train` would build for these arguments on `topology` (with
+    `lora`, the adapters' step: the frozen base is one of its arguments)."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -105,7 +109,7 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
 
     devices = hardware.topology_devices(topology)
     setup = build_step(model, mesh, optimizer, steps, seed, z_loss, compute_dtype, remat, attention_impl, moe_impl,
-                       loss_chunk_length, devices=devices, scan_layers=scan_layers)
+                       loss_chunk_length, devices=devices, scan_layers=scan_layers, lora=lora)
     mesh_shape = dict(setup.mesh.shape)
     batch_shards = math.prod(mesh_shape[axis] for axis in setup.batch_sharding.spec[0] or ())
     if batch_size % batch_shards:
@@ -116,7 +120,7 @@ def compile_for(topology: hardware.Topology, model, mesh, optimizer, steps: int,
     state = setup.abstract_state()
     started = time.perf_counter()
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-        lowered = setup.step_fn.lower(state, batch)
+        lowered = setup.step_fn.lower(state, batch, setup.abstract_frozen())
         try:
             compiled = lowered.compile()
         except Exception as exc:  # the TPU compiler refuses a program that cannot fit its HBM

@@ -10,6 +10,10 @@ from __future__ import annotations
 import gin
 
 from codeio_jax.models import presets
+from codeio_jax.models.config import LoraConfig
+
+# `train.lora = @LoraConfig()` with LoraConfig.targets, .rank, .alpha, .dropout (models/config.py).
+gin.external_configurable(LoraConfig)
 
 
 @gin.configurable

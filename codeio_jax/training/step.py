@@ -34,30 +34,42 @@ class TrainState:
 
 def init_state(config: ModelConfig, optimizer: optax.GradientTransformation, seed: int,
                unbox: bool = True) -> TrainState:
-    """A fresh state. With unbox=False the parameters and the optimizer slots
-    keep their logical-axis boxes (for jax.eval_shape: where each goes)."""
+    """A fresh state: of the whole model, or with `config.lora` of the adapters
+    alone (the base stays outside the state: frozen, with no optimizer slots).
+    With unbox=False the parameters and the optimizer slots keep their
+    logical-axis boxes (for jax.eval_shape: where each goes)."""
     import flax.linen as nn
 
     from codeio_jax.models.decoder import init_params
+    from codeio_jax.models.lora import init_adapters
 
     rng, init_rng = jax.random.split(jax.random.PRNGKey(seed))
-    params = init_params(config, init_rng)
+    params = init_params(config, init_rng) if config.lora is None else init_adapters(config, init_rng)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng)
     return nn.meta.unbox(state) if unbox else state
 
 
-def loss_fn(params, model: Decoder, batch: dict, z_loss: float, chunk_length: int = 0):
+def loss_fn(params, model: Decoder, batch: dict, z_loss: float, chunk_length: int = 0, frozen=None,
+            dropout_rng: jax.Array | None = None):
     """Masked cross-entropy (+ z-loss) and accuracy over the loss-weighted positions.
 
     chunk_length > 0: the output projection, softmax and their gradients run a
     chunk of `chunk_length` positions at a time (a scan whose body is
     rematerialised), so the [batch, length, vocab] float32 logits and their
-    gradient never exist at once; only one chunk's do. 0: the whole sequence at once."""
+    gradient never exist at once; only one chunk's do. 0: the whole sequence at once.
+    frozen: with LoRA, the base parameters (`params` are then the adapters, the
+    only thing differentiated); dropout_rng drives the adapters' dropout."""
     from codeio_jax.models.decoder import output_kernel
+    from codeio_jax.models.layers import LORA_COLLECTION, LORA_DROPOUT_RNG
 
-    hidden, _ = model.apply({"params": params}, batch["decoder_input_tokens"], batch["decoder_positions"],
-                            batch["decoder_segment_ids"], return_hidden=True)
-    kernel = output_kernel(model.config, params)
+    if frozen is None:
+        variables, base, rngs = {"params": params}, params, None
+    else:
+        variables, base = {"params": frozen, LORA_COLLECTION: params}, frozen
+        rngs = {LORA_DROPOUT_RNG: dropout_rng} if dropout_rng is not None else None
+    hidden, _ = model.apply(variables, batch["decoder_input_tokens"], batch["decoder_positions"],
+                            batch["decoder_segment_ids"], return_hidden=True, rngs=rngs)
+    kernel = output_kernel(model.config, base)
     targets = batch["decoder_target_tokens"]
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
     sums = _chunked_sums(model.config, hidden, kernel, targets, weights, chunk_length)
@@ -105,16 +117,18 @@ def _chunked_sums(config, hidden, kernel, targets, weights, chunk_length: int) -
     return totals
 
 
-def train_step(state: TrainState, batch: dict, model: Decoder, optimizer: optax.GradientTransformation,
-               schedule: optax.Schedule, z_loss: float = 0.0,
+def train_step(state: TrainState, batch: dict, frozen=None, *, model: Decoder,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule, z_loss: float = 0.0,
                loss_chunk_length: int = 0) -> tuple[TrainState, dict]:
+    """One step on `state.params`: the whole model, or with `frozen` (the base,
+    never updated and given no optimizer state) the LoRA adapters alone."""
+    rng, dropout_rng = jax.random.split(state.rng)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, model, batch, z_loss, loss_chunk_length)
+    (_, metrics), grads = grad_fn(state.params, model, batch, z_loss, loss_chunk_length, frozen, dropout_rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["learning_rate"] = schedule(_optimizer_step(state, optimizer))
-    rng, _ = jax.random.split(state.rng)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
 

@@ -244,7 +244,7 @@ batch = {{key: jax.ShapeDtypeStruct((8, 16), np.int32, sharding=setup.batch_shar
          for key in ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
                      "decoder_segment_ids", "decoder_positions")}}
 with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    hlo = setup.step_fn.lower(setup.abstract_state(), batch).compile().as_text()
+    hlo = setup.step_fn.lower(setup.abstract_state(), batch, None).compile().as_text()
 result["gathers"] = [line.strip()[:200] for line in hlo.splitlines()
                      if "all-gather" in line and ("[8,64,32]" in line or "[8,32,64]" in line)]
 print(json.dumps(result))
