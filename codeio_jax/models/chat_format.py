@@ -63,7 +63,11 @@ def _build(messages: Sequence[Message], family: str, add_generation_prompt: bool
     if builder is None:
         raise ValueError(f"unknown chat family {family!r}; expected one of {', '.join(_FAMILIES)}")
     chat = _checked(messages)
-    pieces = builder(chat, add_generation_prompt, date_string)
+    return merge_segments(builder(chat, add_generation_prompt, date_string))
+
+
+def merge_segments(pieces: Sequence[Segment]) -> list[Segment]:
+    """The pieces without empty ones, neighbours with the same flag joined."""
     merged: list[Segment] = []
     for text, loss in pieces:
         if not text:

@@ -30,13 +30,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
+from codeio_jax.models.chat_format import Segment, merge_segments
+
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 TEMPLATE_FILE = "chat_template.jinja"
 CONFIG_FILE = "tokenizer_config.json"
 # Stands in for an assistant message's content to find where the template writes it.
 CONTENT_PROBE = "codeioContentProbe7f3a9c"
 
-Segment = tuple[str, bool]  # (text, whether the loss falls on it), as chat_format's
 
 
 class ChatTemplateError(ValueError):
@@ -144,15 +145,7 @@ class FolderChatTemplate:
             pieces += [(whole[cursor:start], False), (whole[start:end], True)]
             cursor = end
         pieces.append((whole[cursor:], False))
-        merged: list[Segment] = []
-        for text, trained in pieces:
-            if not text:
-                continue
-            if merged and merged[-1][1] == trained:
-                merged[-1] = (merged[-1][0] + text, trained)
-            else:
-                merged.append((text, trained))
-        return merged
+        return merge_segments(pieces)
 
     def __repr__(self) -> str:
         return f"FolderChatTemplate({self.origin})"
