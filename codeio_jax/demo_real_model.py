@@ -55,35 +55,14 @@ def _import(gguf_file: Path, demo_dir: Path) -> tuple[Path, Path]:
     return hf, ckpt
 
 
-def _cruxeval_slice(folder: Path, label: str) -> dict:
-    """CRUXEval-O and -I pass@1 on the fixed slice: greedy replies from our sampler,
-    the generation read from each reply, scored by execution."""
-    from codeio_jax.execution import Limits, Sandbox, SandboxConfig
-    from codeio_jax.teachers.local import LocalTeacher
-    from codeio_jax.verify import cruxeval, cruxeval_prompts
+def _cruxeval_slice(folder: Path, label: str):
+    from codeio_jax.experiments.cruxeval_eval import evaluate_cruxeval
 
-    samples = cruxeval.load_samples()
-    chosen = {key: samples[key] for key in sorted(samples, key=_sample_number)[:SLICE]}
-    teacher = LocalTeacher(folder, max_new_tokens=EVAL_NEW_TOKENS, batch_size=8)
-    scores, replies = {}, {}
-    t = time.perf_counter()
-    with Sandbox(SandboxConfig(limits=Limits(timeout_s=cruxeval.TIMEOUT_S))) as sandbox:
-        for mode in cruxeval.MODES:
-            chats = [cruxeval_prompts.messages(mode, s.code, s.input, s.output) for s in chosen.values()]
-            answers = teacher.reply(chats)
-            generations = {key: [cruxeval_prompts.generation_from_reply(mode, a.text or "")]
-                           for key, a in zip(chosen, answers)}
-            report = cruxeval.score(generations, mode, chosen, sandbox)
-            scores[f"CRUXEval-{mode[0].upper()}"] = report.pass_at_1
-            replies[mode] = answers[0].text
-    tokens = teacher.usage.completion_tokens
-    print(f"{label}: CRUXEval-O {scores['CRUXEval-O']:.1f}, CRUXEval-I {scores['CRUXEval-I']:.1f} pass@1 on the "
-          f"first {SLICE} samples each ({tokens} tokens generated, {time.perf_counter() - t:.0f} s)", flush=True)
-    return {"scores": scores, "first_reply": replies}
-
-
-def _sample_number(sample_id: str) -> int:
-    return int(sample_id.rsplit("_", 1)[-1])
+    result = evaluate_cruxeval(folder, SLICE, EVAL_NEW_TOKENS)
+    print(f"{label}: CRUXEval-O {result.scores['CRUXEval-O']:.1f}, CRUXEval-I {result.scores['CRUXEval-I']:.1f} "
+          f"pass@1 on the first {SLICE} samples each ({result.completion_tokens} tokens generated, "
+          f"{result.seconds:.0f} s)", flush=True)
+    return result
 
 
 def _codeio_pp(model: Path, demo_dir: Path) -> dict:
@@ -124,14 +103,12 @@ def _lora(base_ckpt: Path, base_hf: Path, pp_work: Path, demo_dir: Path) -> tupl
 
     tfds.disable_progress_bar()
     sizes = task_sizes(pp_work / "tfrecords")
-    # The mixture needs both of its tasks; a model that gets no first turn right leaves one empty.
-    mixture = "codeio_pp" if sizes["codeio_pp_single_turn"] and sizes["codeio_pp_revision"] else (
-        "codeio_pp_revision" if sizes["codeio_pp_revision"] else "codeio_pp_single_turn")
+    mixture = "codeio_pp"  # single turn (first turns verified right) + revisions; an empty task is left out
     run_dir = demo_dir / "smollm2_lora"
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo fine-tunes afresh every time
     parse_gin(["train/demo_smollm2_lora.gin"], "", [
         f"MODEL_DIR = {str(run_dir)!r}", f"DATA_DIR = {str(pp_work / 'tfrecords')!r}",
-        f"INIT_FROM = {str(base_ckpt)!r}", f"TOKENIZER_FOLDER = {str(base_hf)!r}", f"MIXTURE = {mixture!r}"])
+        f"INIT_FROM = {str(base_ckpt)!r}", f"TOKENIZER_FOLDER = {str(base_hf)!r}"])
     rows: list[dict] = []
 
     def progress(row):
@@ -175,7 +152,7 @@ def _report(demo_dir: Path, before: dict, after: dict, pp: dict, rows: list[dict
     plt.close(figure)
     lines = ["# codeio-jax demo: SmolLM2-135M-Instruct", "", f"Whole run: {seconds:.0f} s.", "",
              f"| pass@1, first {SLICE} samples | before | after LoRA |", "|---|---|---|"]
-    lines += [f"| {name} | {before['scores'][name]:.1f} | {after['scores'][name]:.1f} |" for name in before["scores"]]
+    lines += [f"| {name} | {before.scores[name]:.1f} | {after.scores[name]:.1f} |" for name in before.scores]
     lines += ["", f"CodeI/O++ with SmolLM2 answering turn 1 on {pp['examples']} prompts of {RECORDS} records: "
               f"first turn right {pp['first_right']}, revised by the trace teacher {pp['revised']}, right after "
               f"revision {pp['right']}.", "", "![loss](loss.png)", "", "| step | loss | tokens/s |", "|---|---|---|"]
@@ -186,7 +163,7 @@ def _report(demo_dir: Path, before: dict, after: dict, pp: dict, rows: list[dict
                   "SmolLM2's first turn:", "", _fenced(sample["turn_1"]), "", "The verifier's feedback:", "",
                   _fenced(sample["feedback_1"]), "", "The trace teacher's revision:", "", _fenced(sample["turn_2"])]
     for label, result in (("before", before), ("after", after)):
-        lines += ["", f"## The first CRUXEval-O reply {label}", "", _fenced(result["first_reply"]["output"])]
+        lines += ["", f"## The first CRUXEval-O reply {label}", "", _fenced(result.first_replies["output"])]
     (demo_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"report: {demo_dir / 'report.md'} (loss curve {demo_dir / 'loss.png'})")
 

@@ -59,6 +59,14 @@ def add_commands(sub) -> None:
                          help="jax-to-hf and gguf-to-hf: safetensors shard size")
     convert.set_defaults(handler=_convert)
 
+    experiment = sub.add_parser(
+        "experiment", help="the paper's comparison in miniature: base, +CodeI/O, +CodeI/O++ and the no-chain-of-"
+                           "thought ablation, one table (gin: gin/experiments/*.gin)",
+        description="e.g. --gin_file experiments/miniature_cpu.gin --gin.BASE_MODEL=\"'runs/smollm2'\" "
+                    "--gin.WORK_DIR=\"'runs/miniature'\"; writes table.md and results.json in WORK_DIR")
+    gin_flags(experiment, "gin/experiments/*.gin")
+    experiment.set_defaults(handler=_experiment)
+
     serve = sub.add_parser("serve", help="an OpenAI-compatible chat server for a Hugging Face model folder")
     serve.add_argument("--model", required=True, type=Path, help="config.json, safetensors and tokenizer.json")
     serve.add_argument("--family", default=None, choices=["qwen2", "llama3", "gemma2", "deepseek_v2"],
@@ -166,6 +174,21 @@ def _eval(args) -> int:
         raise CommandError(str(exc)) from None
     for name, value in scores.items():
         print(f"{name}: {value:.2f}")
+    return 0
+
+
+def _experiment(args) -> int:
+    from codeio_jax.training.hardware import skip_tpu_probe_without_a_tpu
+
+    skip_tpu_probe_without_a_tpu()
+    from codeio_jax.experiments.miniature import run_miniature  # registers it with gin before parsing
+
+    parse_gin_flags(args, register_training=True)
+
+    try:
+        run_miniature(on_line=lambda line: print(line, flush=True))  # the table is its last line
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Experiments: runs that compare models trained on our data (arms, shared evaluation)."""
