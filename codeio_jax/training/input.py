@@ -48,10 +48,27 @@ class SeqioInput:
 
         from tasks.feature_converters import ChatLMFeatureConverter
 
+        self._check_every_task_has_data()
         dataset = seqio.get_dataset(self.mixture, task_feature_lengths={"targets": self.length},
                                     dataset_split=self.split, shuffle=True, num_epochs=None, seed=self.seed,
                                     feature_converter=ChatLMFeatureConverter(pack=self.pack))
         return dataset.batch(self.batch_size, drop_remainder=True).skip(self.position).prefetch(2)
+
+    def _check_every_task_has_data(self) -> None:
+        """A task none of whose examples fits `length` (or passes its filters) would
+        make the repeated mixture wait forever for its first example: say so instead.
+        One example per task is read (a whole epoch only of a task that has none)."""
+        import seqio
+
+        empty = []
+        for task in seqio.get_mixture_or_task(self.mixture).tasks:
+            dataset = task.get_dataset(sequence_length={"targets": self.length}, split=self.split, shuffle=False,
+                                       num_epochs=1)
+            if next(iter(dataset.take(1)), None) is None:
+                empty.append(task.name)
+        if empty:
+            raise ValueError(f"{', '.join(empty)} of {self.mixture} has no example of at most {self.length} tokens "
+                             "(every one is longer, or filtered out): raise SeqioInput.length, or leave the task out")
 
     def skip_to(self, position: int) -> None:
         """Continue after `position` batches (a restored checkpoint's)."""

@@ -119,6 +119,17 @@ def test_mixture_packs_through_the_chat_converter(pipeline_run):
         assert 0 < batch["decoder_loss_weights"].sum() < real.sum()
 
 
+def test_training_input_refuses_a_task_no_example_fits_instead_of_waiting_forever(pipeline_run):
+    from codeio_jax.training.input import SeqioInput
+
+    fitting = SeqioInput("test_codeio_pp", length=8192, batch_size=1)
+    assert next(fitting)["decoder_loss_weights"].sum() > 0
+    too_short = SeqioInput("test_codeio_pp", length=64, batch_size=1)  # bytes: every chat is longer
+    with pytest.raises(ValueError, match="of test_codeio_pp has no example of at most 64 tokens") as refused:
+        next(too_short)
+    assert "test_codeio_pp_single_turn" in str(refused.value) and "test_codeio_pp_revision" in str(refused.value)
+
+
 def test_registration_fails_clearly_without_shards(tmp_path):
     with pytest.raises(FileNotFoundError, match="write stage"):
         codeio.register_codeio_tasks(data_dir=tmp_path, vocabulary=seqio.ByteVocabulary(), family="qwen2")
