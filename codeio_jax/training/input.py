@@ -28,6 +28,11 @@ import numpy as np
 from codeio_jax.training.step import BATCH_KEYS
 
 
+# Examples of one epoch a task's shuffle draws from: a task up to this size is
+# permuted as a whole each epoch; a larger one a window of this many at a time.
+SHUFFLE_BUFFER = 10_000
+
+
 @gin.configurable
 class SeqioInput:
     """mixture: a registered SeqIO task or mixture name (tasks/codeio.py);
@@ -44,15 +49,35 @@ class SeqioInput:
         self._iterator: Iterator | None = None
 
     def _dataset(self):
+        """Each task read in epochs, every epoch a fresh permutation of it, then the
+        tasks mixed at the mixture's rates and packed. (seqio.get_dataset repeats a
+        task before shuffling it, so a task smaller than the shuffle buffer comes
+        back as copies drawn with replacement: on a few hundred examples the same
+        one twice in a row, and its first batch waits for the buffer's thousand.)"""
         import seqio
+        import tensorflow as tf
 
         from tasks.feature_converters import ChatLMFeatureConverter
 
         self._check_every_task_has_data()
-        dataset = seqio.get_dataset(self.mixture, task_feature_lengths={"targets": self.length},
-                                    dataset_split=self.split, shuffle=True, num_epochs=None, seed=self.seed,
-                                    feature_converter=ChatLMFeatureConverter(pack=self.pack))
+        mixture = seqio.get_mixture_or_task(self.mixture)
+        lengths = {"targets": self.length}
+        streams, rates = [], []
+        for index, task in enumerate(self._tasks()):
+            epoch = task.get_dataset(sequence_length=lengths, split=self.split, shuffle=False, num_epochs=1)
+            streams.append(epoch.shuffle(SHUFFLE_BUFFER, seed=self.seed + index, reshuffle_each_iteration=True)
+                           .repeat())
+            rates.append(mixture.get_rate(task) if isinstance(mixture, seqio.Mixture) else 1.0)
+        mixed = streams[0] if len(streams) == 1 else tf.data.Dataset.sample_from_datasets(
+            streams, weights=rates, seed=self.seed)
+        dataset = ChatLMFeatureConverter(pack=self.pack)(mixed, lengths)
         return dataset.batch(self.batch_size, drop_remainder=True).skip(self.position).prefetch(2)
+
+    def _tasks(self) -> list:
+        import seqio
+
+        mixture = seqio.get_mixture_or_task(self.mixture)
+        return list(mixture.tasks) if isinstance(mixture, seqio.Mixture) else [mixture]
 
     def _check_every_task_has_data(self) -> None:
         """A task none of whose examples fits `length` (or passes its filters) would
@@ -61,7 +86,7 @@ class SeqioInput:
         import seqio
 
         empty = []
-        for task in seqio.get_mixture_or_task(self.mixture).tasks:
+        for task in self._tasks():
             dataset = task.get_dataset(sequence_length={"targets": self.length}, split=self.split, shuffle=False,
                                        num_epochs=1)
             if next(iter(dataset.take(1)), None) is None:

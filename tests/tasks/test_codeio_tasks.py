@@ -119,6 +119,21 @@ def test_mixture_packs_through_the_chat_converter(pipeline_run):
         assert 0 < batch["decoder_loss_weights"].sum() < real.sum()
 
 
+def test_training_input_reads_whole_epochs_each_a_new_order(pipeline_run):
+    """Every example once an epoch, none twice: what seqio.get_dataset's repeat-then-
+    shuffle does not give a task smaller than its shuffle buffer."""
+    from codeio_jax.training.input import SeqioInput
+
+    count = len(examples_of("test_codeio_output_prediction"))
+    assert count >= 4
+    rows = SeqioInput("test_codeio_output_prediction", length=8192, batch_size=1, pack=False)
+    epochs = [[next(rows)["decoder_target_tokens"][0].tobytes() for _ in range(count)] for _ in range(2)]
+    assert len(set(epochs[0])) == count and set(epochs[1]) == set(epochs[0])
+    assert epochs[1] != epochs[0]  # reshuffled
+    again = SeqioInput("test_codeio_output_prediction", length=8192, batch_size=1, pack=False)
+    assert [next(again)["decoder_target_tokens"][0].tobytes() for _ in range(count)] == epochs[0]  # seeded
+
+
 def test_training_input_refuses_a_task_no_example_fits_instead_of_waiting_forever(pipeline_run):
     from codeio_jax.training.input import SeqioInput
 

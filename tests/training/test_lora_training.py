@@ -123,3 +123,52 @@ def test_an_hf_model_through_lora_training_to_peft_and_to_a_merged_hf_folder(tmp
 
     again = cli("convert", "jax-to-peft", "--in", tmp_path / "base", "--out", tmp_path / "x")
     assert again.returncode == 2 and "not a training run with LoRA adapters" in again.stderr
+
+
+SHARDED = """
+import json, os, sys
+sys.path.insert(0, {repo!r})
+import jax
+import flax.linen as nn
+from codeio_jax.models import checkpoint
+from codeio_jax.models.config import LoraConfig
+from codeio_jax.models.decoder import init_params
+from codeio_jax.models.presets import preset
+from codeio_jax.training.input import SyntheticInput
+from codeio_jax.training.optimizer import OptimizerConfig
+from codeio_jax.training.partitioning import MeshConfig
+from codeio_jax.training.trainer import build_step, train
+
+config = preset("tiny_llama").replace(num_heads=8, num_kv_heads=4, head_dim=8, num_layers=2)
+base = checkpoint.save(os.path.join({tmp!r}, "base"), config, nn.meta.unbox(init_params(config, jax.random.PRNGKey(5))))
+lora = LoraConfig(targets=("all-linear",), rank=4, alpha=8.0)
+losses, placed = {{}}, {{}}
+for name, mesh in (("data", MeshConfig(data=8)), ("fsdp+tensor", MeshConfig(data=1, fsdp=4, tensor=2))):
+    rows = []
+    train(model_dir=os.path.join({tmp!r}, name), steps=3, log_every=1, compute_dtype="float32",
+          inputs=SyntheticInput(config.vocab_size, length=32, batch_size=8), mesh=mesh, init_from=base, lora=lora,
+          optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=1), checkpoint_every=0,
+          on_log=lambda row: rows.append(row["loss"]))
+    losses[name] = rows
+    setup = build_step(config, mesh, OptimizerConfig(), 3, lora=lora)
+    q = setup.state_shardings.params["layers_0"]["self_attn"]["q_proj"]
+    base_q = setup.frozen_shardings["layers_0"]["self_attn"]["q_proj"]["kernel"]
+    placed[name] = [str(q["lora_a"].spec), str(q["lora_b"].spec), str(base_q.spec)]
+print(json.dumps({{"losses": losses, "placed": placed}}))
+"""
+
+
+def test_lora_on_a_sharded_mesh_gives_the_data_parallel_numbers(tmp_path):
+    """Adapters and base placed by the logical rules on fsdp x tensor: the same losses
+    as plain data parallelism, and the adapters really split like their kernels."""
+    from pathlib import Path
+
+    from tests.fake_devices import run_on_cpu_devices
+
+    repo = Path(__file__).resolve().parents[2]
+    result = run_on_cpu_devices(SHARDED.format(repo=str(repo), tmp=str(tmp_path)), 8)
+    losses = result["losses"]
+    assert len(set(losses["data"])) == 3
+    assert losses["fsdp+tensor"] == pytest.approx(losses["data"], rel=2e-5)
+    lora_a, lora_b, base_q = result["placed"]["fsdp+tensor"]
+    assert "fsdp" in lora_a and "tensor" in lora_b and "fsdp" in base_q and "tensor" in base_q
