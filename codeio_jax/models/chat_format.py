@@ -79,8 +79,9 @@ def merge_segments(pieces: Sequence[Segment]) -> list[Segment]:
     return merged
 
 
-def _checked(messages: Sequence[Message]) -> list[tuple[str, str]]:
-    """(role, content) pairs, or a ValueError naming the offending message."""
+def checked_messages(messages: Sequence[Message], roles: Sequence[str] | None = ROLES) -> list[dict]:
+    """Copies of the messages, or a ValueError naming the offending one; `roles`: the
+    roles accepted (None: any, as a folder's own template may take others)."""
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
         raise ValueError("messages must be a list of {'role', 'content'} dicts, "
                          f"got {type(messages).__name__}")
@@ -91,13 +92,17 @@ def _checked(messages: Sequence[Message]) -> list[tuple[str, str]]:
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
             raise ValueError(f"message {i}: must be a dict with 'role' and 'content', got {message!r}")
-        role, content = message["role"], message["content"]
-        if role not in ROLES:
-            raise ValueError(f"message {i}: unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise ValueError(f"message {i}: content must be a str, got {type(content).__name__}")
-        chat.append((role, content))
+        if roles is not None and message["role"] not in roles:
+            raise ValueError(f"message {i}: unknown role {message['role']!r}; expected one of {', '.join(roles)}")
+        if not isinstance(message["content"], str):
+            raise ValueError(f"message {i}: content must be a str, got {type(message['content']).__name__}")
+        chat.append(dict(message))
     return chat
+
+
+def _checked(messages: Sequence[Message]) -> list[tuple[str, str]]:
+    """(role, content) pairs, or a ValueError naming the offending message."""
+    return [(message["role"], message["content"]) for message in checked_messages(messages)]
 
 
 def _qwen2(chat: list[tuple[str, str]], gen: bool, _date: str) -> list[Segment]:

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
-from codeio_jax.models.chat_format import Segment, merge_segments
+from codeio_jax.models.chat_format import Segment, checked_messages, merge_segments
 
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 TEMPLATE_FILE = "chat_template.jinja"
@@ -167,19 +167,8 @@ def folder_template(folder: str | Path) -> FolderChatTemplate:
 
 
 def _checked(messages: Sequence[Mapping]) -> list[dict]:
-    """Copies of the messages, or a ValueError naming the one that is no chat message."""
-    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
-        raise ValueError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
-    if not messages:
-        raise ValueError("messages is empty: a chat needs at least one message")
-    chat = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-            raise ValueError(f"message {i}: must be a dict with 'role' and 'content', got {message!r}")
-        if not isinstance(message["content"], str):
-            raise ValueError(f"message {i}: content must be a str, got {type(message['content']).__name__}")
-        chat.append(dict(message))
-    return chat
+    """Copies of the messages, or a ValueError naming the one that is no chat message (any role)."""
+    return checked_messages(messages, roles=None)
 
 
 def _token_text(value: Any) -> str | None:
