@@ -107,8 +107,8 @@ def run_miniature(work_dir: str | Path = gin.REQUIRED, base_model: str | Path = 
                   seed: int = 0, per_task: int = 1, max_pairs: int = 10, answer_new_tokens: int = 128,
                   eval_new_tokens: int = 128, cruxeval_limit: int | None = None, train_steps: int = 8,
                   length: int = 2048, batch_size: int = 1, learning_rate: float = 1e-3, lora: Any = None,
-                  full_fine_tune: bool = False, compute_dtype: str = "float32", remat: str = "none",
-                  on_line: Callable[[str], None] = print) -> list[ArmResult]:
+                  full_fine_tune: bool = False, compute_dtype: str = "float32", remat: str = "full",
+                  scan_layers: bool = True, on_line: Callable[[str], None] = print) -> list[ArmResult]:
     """Run the arms (see the module docstring) and write table.md and results.json in `work_dir`.
 
     base_model: a Hugging Face folder (with tokenizer.json and its chat template).
@@ -119,7 +119,10 @@ def run_miniature(work_dir: str | Path = gin.REQUIRED, base_model: str | Path = 
     cruxeval_limit: the first N samples of each mode (None: all 800).
     train_steps x batch_size rows of `length` tokens: the same for every arm.
     lora: the adapters (default: rank 16, alpha 32, every projection); full_fine_tune:
-    train every weight instead (the paper's way; a base model checkpoint per arm)."""
+    train every weight instead (the paper's way; a base model checkpoint per arm).
+    remat, scan_layers: the step's. On a CPU host unrolled layers keep every layer's
+    activations (README, Training); a run with unrolled layers and no remat was
+    killed for memory at 15 GB resident on its first 2048-token arm."""
     from codeio_jax.data import ios
     from codeio_jax.models.config import LoraConfig
 
@@ -144,7 +147,8 @@ def run_miniature(work_dir: str | Path = gin.REQUIRED, base_model: str | Path = 
         if arm != "base":
             run_dir = work / arm / "run"
             final_loss, counts = _fine_tune(arm, data[arm], base_ckpt, base_hf, run_dir, train_steps, length,
-                                            batch_size, learning_rate, lora, compute_dtype, remat, seed, on_line)
+                                            batch_size, learning_rate, lora, compute_dtype, remat, scan_layers,
+                                            seed, on_line)
             folder = _merged(run_dir, base_hf, work / arm / "model_hf")
         held = _held_out(folder, held_out, work / arm / "held_out", seed, per_task, max_pairs, eval_new_tokens)
         from codeio_jax.experiments.cruxeval_eval import evaluate_cruxeval
@@ -207,8 +211,8 @@ def _arm_data(arms, work: Path, train_records: Path, base_hf: Path, seed: int, p
 
 
 def _fine_tune(arm: str, data_dir: Path, base_ckpt: Path, base_hf: Path, run_dir: Path, steps: int, length: int,
-               batch_size: int, learning_rate: float, lora, compute_dtype: str, remat: str, seed: int,
-               on_line) -> tuple[float, tuple[int, int, int]]:
+               batch_size: int, learning_rate: float, lora, compute_dtype: str, remat: str, scan_layers: bool,
+               seed: int, on_line) -> tuple[float, tuple[int, int, int]]:
     from codeio_jax.training.input import SeqioInput
     from codeio_jax.training.optimizer import OptimizerConfig
     from codeio_jax.training.trainer import train
@@ -228,7 +232,8 @@ def _fine_tune(arm: str, data_dir: Path, base_ckpt: Path, base_hf: Path, run_dir
                                 weight_decay=0.0)
     t = time.perf_counter()
     train(model_dir=run_dir, inputs=SeqioInput(mixture, length=length, batch_size=batch_size, seed=seed),
-          steps=steps, optimizer=optimizer, seed=seed, compute_dtype=compute_dtype, remat=remat, log_every=1,
+          steps=steps, optimizer=optimizer, seed=seed, compute_dtype=compute_dtype, remat=remat,
+          scan_layers=scan_layers, log_every=1,
           checkpoint_every=steps, async_checkpoints=False, init_from=base_ckpt, lora=lora,
           on_log=lambda row: losses.append(row["loss"]))
     how = "LoRA" if lora is not None else "full fine-tuning"
