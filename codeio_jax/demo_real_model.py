@@ -22,32 +22,31 @@ SLICE = 16
 RECORDS = 10
 EVAL_NEW_TOKENS = 128
 PIPELINE_NEW_TOKENS = 128
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def run(gguf_file: Path, demo_dir: Path, started: float) -> None:
+    from codeio_jax.experiments.model_folders import merged_hf_folder
+
     base_hf, base_ckpt = _import(gguf_file, demo_dir)
     before = _cruxeval_slice(base_hf, "SmolLM2-135M-Instruct")
     pp = _codeio_pp(base_hf, demo_dir)
     run_dir, rows = _lora(base_ckpt, base_hf, pp["work"], demo_dir)
-    tuned_hf = _merged_folder(run_dir, base_hf, demo_dir / "smollm2_lora_hf")
+    tuned_hf = merged_hf_folder(run_dir, base_hf, demo_dir / "smollm2_lora_hf")
     after = _cruxeval_slice(tuned_hf, "after the LoRA fine-tune")
     _report(demo_dir, before, after, pp, rows, time.perf_counter() - started)
 
 
 def _import(gguf_file: Path, demo_dir: Path) -> tuple[Path, Path]:
     """The GGUF as a Hugging Face folder and as our checkpoint (made once, then reused)."""
-    from codeio_jax.models import checkpoint, convert, gguf
+    from codeio_jax.experiments.model_folders import checkpoint_of
+    from codeio_jax.models import convert, gguf
 
     hf, ckpt = demo_dir / "smollm2_hf", demo_dir / "smollm2_jax"
     t = time.perf_counter()
     if not (hf / "config.json").exists():
         shutil.rmtree(hf, ignore_errors=True)
         gguf.write_hf(gguf.open_gguf(gguf_file, dtype="float32"), hf)
-    if not (ckpt / checkpoint.CONFIG_FILE).exists():
-        shutil.rmtree(ckpt, ignore_errors=True)
-        config, params = convert.load_hf(hf)
-        checkpoint.save(ckpt, config, params)
+    checkpoint_of(hf, ckpt)
     config = convert.read_config(hf)
     print(f"SmolLM2-135M-Instruct ({gguf_file.name}): {config.num_layers} layers, hidden {config.hidden_size}, "
           f"vocabulary {config.vocab_size}; Hugging Face folder {hf}, checkpoint {ckpt} "
@@ -122,18 +121,6 @@ def _lora(base_ckpt: Path, base_hf: Path, pp_work: Path, demo_dir: Path) -> tupl
     print(f"fine-tuned {result.end_step} steps in {time.perf_counter() - t:.0f} s: loss {rows[0]['loss']:.3f} -> "
           f"{rows[-1]['loss']:.3f}", flush=True)
     return run_dir, rows
-
-
-def _merged_folder(run_dir: Path, base_hf: Path, out: Path) -> Path:
-    """The run as a Hugging Face folder: the base with the adapters merged in, and its tokenizer."""
-    from codeio_jax.models import checkpoint, convert
-
-    shutil.rmtree(out, ignore_errors=True)
-    config, params = checkpoint.load(run_dir)
-    convert.save_hf(out, config, params)
-    for name in TOKENIZER_FILES:
-        shutil.copy(base_hf / name, out / name)
-    return out
 
 
 def _report(demo_dir: Path, before: dict, after: dict, pp: dict, rows: list[dict], seconds: float) -> None:

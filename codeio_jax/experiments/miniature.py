@@ -124,6 +124,7 @@ def run_miniature(work_dir: str | Path = gin.REQUIRED, base_model: str | Path = 
     activations (README, Training); a run with unrolled layers and no remat was
     killed for memory at 15 GB resident on its first 2048-token arm."""
     from codeio_jax.data import ios
+    from codeio_jax.experiments.model_folders import checkpoint_of, merged_hf_folder
     from codeio_jax.models.config import LoraConfig
 
     unknown = [arm for arm in arms if arm not in ARMS]
@@ -138,7 +139,7 @@ def run_miniature(work_dir: str | Path = gin.REQUIRED, base_model: str | Path = 
     train_records, held_out = split_records(Path(source or ios.DEFAULT_CORPUS), held_out_fraction, seed,
                                             work / "split")
     on_line(f"records: {_lines(train_records)} train, {_lines(held_out)} held out (by record id)")
-    base_ckpt = _checkpoint_of(base_hf, work / "base_checkpoint")
+    base_ckpt = checkpoint_of(base_hf, work / "base_checkpoint")
     data = _arm_data(arms, work, train_records, base_hf, seed, per_task, max_pairs, answer_new_tokens, on_line)
     results = []
     for arm in arms:
@@ -149,7 +150,7 @@ def run_miniature(work_dir: str | Path = gin.REQUIRED, base_model: str | Path = 
             final_loss, counts = _fine_tune(arm, data[arm], base_ckpt, base_hf, run_dir, train_steps, length,
                                             batch_size, learning_rate, lora, compute_dtype, remat, scan_layers,
                                             seed, on_line)
-            folder = _merged(run_dir, base_hf, work / arm / "model_hf")
+            folder = merged_hf_folder(run_dir, base_hf, work / arm / "model_hf")
         held = _held_out(folder, held_out, work / arm / "held_out", seed, per_task, max_pairs, eval_new_tokens)
         from codeio_jax.experiments.cruxeval_eval import evaluate_cruxeval
 
@@ -167,16 +168,6 @@ def _lines(path: Path) -> int:
 
 def _fmt(scores: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.1f}" for name, value in scores.items())
-
-
-def _checkpoint_of(hf: Path, ckpt: Path) -> Path:
-    from codeio_jax.models import checkpoint, convert
-
-    if not (ckpt / checkpoint.CONFIG_FILE).exists():
-        shutil.rmtree(ckpt, ignore_errors=True)
-        config, params = convert.load_hf(hf)
-        checkpoint.save(ckpt, config, params)
-    return ckpt
 
 
 def _arm_data(arms, work: Path, train_records: Path, base_hf: Path, seed: int, per_task: int, max_pairs: int,
@@ -253,19 +244,6 @@ def _token_counts(mixture: str) -> tuple[int, int, int]:
             tokens += len(row["targets"])
             loss += int(row["loss_weights"].sum())
     return examples, tokens, loss
-
-
-def _merged(run_dir: Path, base_hf: Path, out: Path) -> Path:
-    """A LoRA run as a Hugging Face folder: the adapters merged in, the base's tokenizer files."""
-    from codeio_jax.models import checkpoint, convert
-
-    shutil.rmtree(out, ignore_errors=True)
-    config, params = checkpoint.load(run_dir)
-    convert.save_hf(out, config, params)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (base_hf / name).exists():
-            shutil.copy(base_hf / name, out / name)
-    return out
 
 
 def _held_out(folder: Path, records: Path, work: Path, seed: int, per_task: int, max_pairs: int,
