@@ -7,7 +7,8 @@ file of the authors' records reads unchanged; their records have no generator
 and get an id from a hash of their content.
 
 Reading never stops at a bad line: each line comes back as a record or as a
-`LineError` that says which line and what is wrong with it.
+`LineError` that says where the line is (its number, its file and byte offset)
+and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, BinaryIO, Iterable, Iterator, Sequence
 
 OUTPUT_PREDICTION = "output_prediction"
 INPUT_PREDICTION = "input_prediction"
@@ -30,13 +31,25 @@ class RecordError(ValueError):
     """A record that cannot be used, with what to fix."""
 
 
+MAX_LINE_BYTES = 4 << 20  # the most one JSONL line (one record) may take
+
+
 @dataclasses.dataclass(frozen=True)
 class LineError:
-    """A line of a JSONL file that is not a usable record."""
+    """A line of a JSONL file that is not a usable record. `reason` says what is
+    wrong and not where: `line` is the line's number where the reader counted
+    lines (a Beam worker reading a byte range cannot), `file` and `offset` (of
+    its first byte) where it knows them."""
 
-    line: int
+    line: int | None
     reason: str
     id: str | None = None
+    file: str | None = None
+    offset: int | None = None
+
+    def location(self) -> dict:
+        """The fields an error row names the line by in every engine."""
+        return {"file": self.file, "offset": self.offset}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +74,9 @@ class UnifiedRecord:
     meta: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, row: Any, where: str = "record") -> "UnifiedRecord":
+    def from_dict(cls, row: Any) -> "UnifiedRecord":
+        """The record a row holds; raises RecordError naming the field to fix."""
+        where = "record"
         if not isinstance(row, dict):
             raise RecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
         for name in ("problem_description", "io_requirements", "refcode"):
@@ -117,6 +132,34 @@ class UnifiedRecord:
         }
 
 
+# The row formats a source may hold, and the stage each goes to first.
+KINDS = ("raw", "unified", "released")
+FIRST_STAGE = {"raw": "transform", "unified": "ios", "released": "import"}
+
+
+def row_kind(row: Any) -> str | None:
+    """Which format a parsed row is in; None: none of them."""
+    if not isinstance(row, dict):
+        return None
+    if "prompt" in row and "turn_1" in row:  # our own examples too, which also carry `refcode`
+        return "released"
+    if "refcode" in row:
+        return "unified"
+    if "content" in row or "code" in row:
+        return "raw"
+    return None
+
+
+def foreign_format(row: Any, kind: str) -> str | None:
+    """Why a row does not belong in a source of `kind` rows, if it is of another
+    known format (a row of no format is the first stage's to judge)."""
+    found = row_kind(row)
+    if found is None or found == kind:
+        return None
+    return (f"a {found} row ({FIRST_STAGE[found]} input) in a source of {kind} rows: "
+            "give each format its own run")
+
+
 def stable_id(row: dict) -> str:
     """An id from what defines a record (its code and its question), so the same
     record gets the same id wherever it sits in whichever file."""
@@ -127,46 +170,103 @@ def stable_id(row: dict) -> str:
     return "rec_" + digest.hexdigest()[:16]
 
 
-def read_jsonl(path: str | Path, max_line_bytes: int = 4 << 20) -> Iterator[tuple[int, Any] | LineError]:
-    """(line number, parsed object) per line, or a LineError; blank lines are skipped.
+def parse_line(raw: bytes, max_line_bytes: int = MAX_LINE_BYTES) -> Any:
+    """The JSON value of one line of bytes; raises RecordError saying what is
+    wrong with it (the caller knows where it is)."""
+    if len(raw) > max_line_bytes:
+        raise RecordError(f"over the {max_line_bytes}-byte limit for one record")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise RecordError(f"not valid JSON ({exc})") from None
+
+
+def read_lines(f: BinaryIO, start: int = 0, end: float = float("inf"), max_line_bytes: int = MAX_LINE_BYTES,
+               blank: bool = False) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of the non-blank lines (all lines with `blank`) that
+    begin in [start, end) of the open binary file `f`: ranges that cover a file
+    read each line once. A line over `max_line_bytes` comes back cut to one
+    byte over the limit (enough to be judged too long, never a whole huge line
+    in memory)."""
+    if start > 0:
+        f.seek(start - 1)
+        if f.read(1) != b"\n":  # mid-line: that line belongs to the range before
+            _skip_line(f)
+    position = f.tell()
+    while position < end:
+        raw = f.readline(max_line_bytes + 1)
+        if not raw:
+            return
+        at = position
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            _skip_line(f)
+        position = f.tell()
+        if blank or raw.strip():
+            yield at, raw
+
+
+def _skip_line(f: BinaryIO) -> None:
+    while (chunk := f.readline(1 << 20)) and not chunk.endswith(b"\n"):
+        pass
+
+
+Paths = str | Path | Sequence[str | Path]
+
+
+def read_located(paths: Paths, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str, int, Any]]:
+    """(line number, file, byte offset, parsed value or LineError) per non-blank
+    line. Several files read as one, in the order given, numbered on (blank
+    lines count: a number is the line an editor shows)."""
+    number = 0
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        with open(path, "rb") as f:
+            for at, raw in read_lines(f, max_line_bytes=max_line_bytes, blank=True):
+                number += 1
+                if not raw.strip():
+                    continue
+                try:
+                    yield number, str(path), at, parse_line(raw, max_line_bytes)
+                except RecordError as exc:
+                    yield number, str(path), at, LineError(number, str(exc), file=str(path), offset=at)
+
+
+def read_jsonl(paths: Paths, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, Any] | LineError]:
+    """(line number, parsed value) per non-blank line, or a LineError.
 
     Lines are read as bytes, so one line of bad UTF-8 is reported and the rest of
     the file still reads."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            if len(raw) > max_line_bytes:
-                yield LineError(number, f"line {number}: {len(raw)} bytes, over the "
-                                        f"{max_line_bytes}-byte limit for one record")
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield LineError(number, f"line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start})")
-                continue
-            try:
-                yield number, json.loads(text)
-            except ValueError as exc:
-                yield LineError(number, f"line {number}: not valid JSON ({exc})")
+    for number, _, _, value in read_located(paths, max_line_bytes):
+        yield value if isinstance(value, LineError) else (number, value)
 
 
-def read_unified(path: str | Path) -> Iterator[UnifiedRecord | LineError]:
-    for _, item in read_unified_numbered(path):
+def unified_or_error(value: Any, number: int | None, file: str | None, offset: int | None,
+                     ) -> UnifiedRecord | LineError:
+    """A parsed line as a unified record, or the LineError saying why it is not one."""
+    if isinstance(value, LineError):
+        return value
+    try:
+        foreign = foreign_format(value, "unified")
+        if foreign:
+            raise RecordError(foreign)
+        return UnifiedRecord.from_dict(value)
+    except RecordError as exc:
+        row_id = value.get("id") if isinstance(value, dict) else None
+        return LineError(number, str(exc), row_id if isinstance(row_id, str) else None, file, offset)
+
+
+def read_unified(paths: Paths) -> Iterator[UnifiedRecord | LineError]:
+    for _, item in read_unified_numbered(paths):
         yield item
 
 
-def read_unified_numbered(path: str | Path) -> Iterator[tuple[int, UnifiedRecord | LineError]]:
+def read_unified_numbered(paths: Paths) -> Iterator[tuple[int, UnifiedRecord | LineError]]:
     """(line number, record or LineError) for every non-blank line."""
-    for item in read_jsonl(path):
-        if isinstance(item, LineError):
-            yield item.line, item
-            continue
-        number, row = item
-        try:
-            yield number, UnifiedRecord.from_dict(row, where=f"line {number}")
-        except RecordError as exc:
-            yield number, LineError(number, str(exc), row.get("id") if isinstance(row, dict) else None)
+    for number, file, offset, value in read_located(paths):
+        yield number, unified_or_error(value, number, file, offset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,10 +286,13 @@ class Prompt:
                 "messages": list(self.messages), "input": self.input, "output": self.output}
 
 
-def count_rows(path: str | Path) -> int:
-    """Non-blank lines of a JSONL file: the rows read_jsonl gives (each a row or a LineError)."""
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+def count_rows(paths: Paths) -> int:
+    """Non-blank lines of JSONL files: the rows read_jsonl gives (each a row or a LineError)."""
+    total = 0
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        with open(path, "rb") as f:
+            total += sum(1 for line in f if line.strip())
+    return total
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from codeio_jax.data.pipeline import EXAMPLES_NAME  # the `write` stage's shard prefix
+from codeio_jax.data.shards import EXAMPLES as EXAMPLES_NAME  # the `write` stage's shard prefix
 from tasks import preprocessors
 
 TEXT_FEATURES = ("id", "record_id", "task", "status", "system", "prompt", "turn_1", "feedback_1",

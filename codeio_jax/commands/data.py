@@ -19,7 +19,8 @@ def add_commands(sub) -> None:
         description="Run every stage over a work folder. T5X-style gin flags: --gin_file (repeatable), "
                     "--gin_search_paths, --gin.NAME=VALUE (e.g. --gin.run_pipeline.rounds=0).")
     gin_flags(pipeline, "gin/data/*.gin")
-    pipeline.add_argument("--work_dir", type=Path, default=None, help="binds run_pipeline.work_dir")
+    pipeline.add_argument("--work_dir", default=None,
+                          help="binds run_pipeline.work_dir (with --engine beam also gs:// and Beam's other filesystems)")
     pipeline.add_argument("--engine", choices=["local", "beam"], default="local",
                           help="beam: the same stages on Apache Beam; flags after `--` go to Beam "
                                "(e.g. -- --runner=DataflowRunner --project=...); DirectRunner by default")
@@ -94,7 +95,7 @@ def _teacher_spec(args):
 def _pipeline(args) -> int:
     from codeio_jax.data import pipeline
 
-    parse_gin_flags(args, [f"run_pipeline.work_dir = {str(args.work_dir)!r}"] if args.work_dir else [])
+    parse_gin_flags(args, [f"run_pipeline.work_dir = {args.work_dir!r}"] if args.work_dir else [])
     work_dir = args.work_dir or _bound_work_dir()
     if args.engine == "beam":
         from codeio_jax.data import beam_pipeline
@@ -103,8 +104,8 @@ def _pipeline(args) -> int:
             found = beam_pipeline.run_configured(work_dir, args.beam_args)
         except pipeline.PipelineError as exc:
             raise CommandError(str(exc)) from None
-        print(f"pipeline on Beam: {found['records']} records, {found['examples']} examples, "
-              f"{found['errors']} error rows, {len(found['shards'])} shards in {work_dir}")
+        print(f"pipeline on Beam: {found['records']} rows read, {found['examples']} examples, "
+              f"{found['errors']} error rows; shards in {str(work_dir).rstrip('/')}/tfrecords")
         return 0
     if args.beam_args:
         raise CommandError(f"unrecognized arguments: {' '.join(args.beam_args)} (Beam flags need --engine beam)")
@@ -137,13 +138,13 @@ def _pipeline(args) -> int:
     return 0
 
 
-def _bound_work_dir() -> Path:
+def _bound_work_dir() -> str:
     import gin
 
     work_dir = gin.get_bindings("run_pipeline").get("work_dir")
     if not work_dir:
         raise CommandError("say where the run goes: --work_dir or run_pipeline.work_dir")
-    return Path(work_dir)
+    return str(work_dir)
 
 
 def _write(args) -> int:

@@ -2,24 +2,25 @@
 
 The same per-record functions as the local driver (pipeline.py), as transforms:
 
-    Read (line number, bytes) --Reshuffle--> Parse --ios--> Decontaminate
+    ReadSource (byte ranges of every file, spread over the workers) --> Parse
+      [raw code --Transform-->] unified records --ios--> Decontaminate
       --Sign--> Dedup (beside it: signatures --GroupByKey bucket--> the earliest
       copy of each record, a side input) --> Prompts (fan-out)
       --Respond_1--> Verify_1 [--Respond_k--> Verify_k per round] --Assemble
-      --> ToList --> examples.jsonl, sorted
-    every stage's error rows --Flatten--> ToList --> errors.jsonl, sorted
+      --> WriteShards: tfrecords/codeio_examples.{tfrecord,jsonl}-*-of-N
+    [released rows --Import--> examples --> WriteShards]
+    every stage's error rows --Flatten--> WriteShards: tfrecords/codeio_errors.jsonl-*-of-N
+    both sets' counts --> tfrecords/codeio_examples.counts.json
 
 The runner is whatever `beam_args` name (`--runner=DataflowRunner --project=...`,
 `--runner=FlinkRunner --flink_master=...`, `--runner=SparkRunner ...`); without
 one, Beam's default, the DirectRunner. Workers need this package installed
 (`--setup_file`), and a chat teacher's cache folder only helps where workers share it.
 
-Determinism: Beam keeps no order, so each element carries its key (input line,
-index among the record's prediction rows) and the final step sorts by it, which
-gives the local driver's order: `run_pipeline` writes byte for byte the same
-examples. That step gathers everything in one worker (`ToList`), fine for a
-corpus of modest size; for a huge one, write sharded output instead and sort
-where it is read. Every stage's output depends only on its element, never on
+Determinism: nothing is gathered and no order is kept. Each line is named by its
+file and byte offset, each row's shard and its place in it come from its key
+(sharding.py), so every runner and every number of workers write the bytes the
+local driver writes. Every stage's output depends only on its element, never on
 batching or on which worker ran it.
 
 Sandboxes and teachers cannot be pickled, so each DoFn instance builds its own in
@@ -43,59 +44,45 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from codeio_jax.data import decontaminate, dedup, ios, predictions, stages
+from codeio_jax.data import shards as sharding
+from codeio_jax.data.beam_io import ReadSource, WriteShards
 from codeio_jax.data.determinism import recheck_sandbox
-from codeio_jax.data.pipeline import PipelineError, TraceTeacherSpec, benchmarks_of, dedup_settings_of
+from codeio_jax.data.pipeline import (STARTS, ChatTeacherSpec, PipelineError, TraceTeacherSpec, benchmarks_of,
+                                      dedup_settings_of, first_stage, source_files)
 from codeio_jax.execution import Sandbox, SandboxConfig
-from codeio_jax.records import LineError, RecordError, UnifiedRecord
+from codeio_jax.records import MAX_LINE_BYTES, LineError, RecordError, UnifiedRecord, parse_line, unified_or_error
 
 ERRORS = "errors"
 SIGNATURES = "signatures"
-Key = tuple[int, int]  # (input line, prediction row index); -1 for a record-level row
-RECORD = -1
+Key = tuple[int, int]  # (the line's position in the source, prediction row index)
 NAMESPACE = "codeio"
 
 
-def _read_lines(path: str) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw bytes) of every line but blank ones, numbered and skipped
-    as read_jsonl does. One worker reads (line numbers need the whole file in
-    order); the Reshuffle after it spreads the work."""
-    with FileSystems.open(path) as f:
-        yield from ((number, raw) for number, raw in enumerate(iter(f.readline, b""), start=1)
-                    if raw.strip())
-
-
 class _Parse(beam.DoFn):
-    """A line to a UnifiedRecord, or the error row the local ios stage writes for it
-    (read_jsonl and read_unified_numbered, per line: stage `ios`, id `line-N`)."""
+    """A source line to the first stage's input, or the error row the local
+    driver writes for it: a UnifiedRecord for `ios` (ios.IOResult.unreadable's
+    row), a row for `transform` and `import` (stages.unreadable's)."""
 
-    def __init__(self, max_line_bytes: int = 4 << 20):  # read_jsonl's limit
+    def __init__(self, stage: str, max_line_bytes: int = MAX_LINE_BYTES):
+        self._stage = stage
         self._max_line_bytes = max_line_bytes
         self._records = Metrics.counter(NAMESPACE, "records")
 
-    def process(self, item: tuple[int, bytes]) -> Iterator[Any]:
-        number, raw = item
+    def process(self, item: tuple[int, str, int, bytes]) -> Iterator[Any]:
+        at, file, offset, raw = item
         self._records.inc()
-        found = self._parse(number, raw)
-        if isinstance(found, UnifiedRecord):
-            yield number, found
-        else:  # what ios.generate makes of a LineError
-            failed = ios.IOResult(found.id or f"line-{number}", number, error=found.reason)
-            yield TaggedOutput(ERRORS, ((number, RECORD), failed.to_dict()))
-
-    def _parse(self, number: int, raw: bytes) -> UnifiedRecord | LineError:
-        if len(raw) > self._max_line_bytes:
-            return LineError(number, f"line {number}: {len(raw)} bytes, over the "
-                                     f"{self._max_line_bytes}-byte limit for one record")
         try:
-            row = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            return LineError(number, f"line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start})")
-        except ValueError as exc:
-            return LineError(number, f"line {number}: not valid JSON ({exc})")
-        try:
-            return UnifiedRecord.from_dict(row, where=f"line {number}")
+            value: Any = parse_line(raw, self._max_line_bytes)
         except RecordError as exc:
-            return LineError(number, str(exc), row.get("id") if isinstance(row, dict) else None)
+            value = LineError(None, str(exc), file=file, offset=offset)
+        if self._stage == "ios":
+            value = unified_or_error(value, None, file, offset)
+        if not isinstance(value, LineError):
+            yield at, value
+        elif self._stage == "ios":
+            yield TaggedOutput(ERRORS, ios.IOResult.unreadable(value).to_dict())
+        else:
+            yield TaggedOutput(ERRORS, stages.unreadable(self._stage, value))
 
 
 class _SandboxDoFn(beam.DoFn):
@@ -141,7 +128,7 @@ class _IOs(_SandboxDoFn):
             if found.row is not None:
                 yield line, found.row
             else:
-                yield TaggedOutput(ERRORS, ((line, RECORD), found.to_dict()))
+                yield TaggedOutput(ERRORS, found.to_dict())
 
 
 class _Decontaminate(beam.DoFn):
@@ -160,7 +147,7 @@ class _Decontaminate(beam.DoFn):
         if result.ok:
             yield line, row
         else:
-            yield TaggedOutput(ERRORS, ((line, RECORD), result.rows[0]))
+            yield TaggedOutput(ERRORS, result.rows[0])
 
 
 class _Sign(beam.DoFn):
@@ -176,7 +163,7 @@ class _Sign(beam.DoFn):
             sig = dedup.signature(line, row, self._settings)
         except dedup.DedupError as exc:
             failed = stages.deduplicated(line, row, None, {}, self._settings, str(exc))
-            yield TaggedOutput(ERRORS, ((line, RECORD), failed.rows[0]))
+            yield TaggedOutput(ERRORS, failed.rows[0])
             return
         yield TaggedOutput(SIGNATURES, sig)
         yield line, (row, sig)
@@ -204,7 +191,7 @@ class _Dedup(beam.DoFn):
         if result.ok:
             yield line, row
         else:
-            yield TaggedOutput(ERRORS, ((line, RECORD), result.rows[0]))
+            yield TaggedOutput(ERRORS, result.rows[0])
 
 
 class _Prompts(beam.DoFn):
@@ -220,7 +207,7 @@ class _Prompts(beam.DoFn):
         try:
             rows = predictions.prompt_rows(row, self._seed, self._per_task)
         except RecordError as exc:
-            yield TaggedOutput(ERRORS, ((line, RECORD), stages.error("prompts", line, row, str(exc)).rows[0]))
+            yield TaggedOutput(ERRORS, stages.error("prompts", line, row, str(exc)).rows[0])
         else:
             yield from (((line, index), prediction) for index, prediction in enumerate(rows))
 
@@ -256,7 +243,7 @@ class _Respond(_SandboxDoFn):
                 yield key, predictions.with_reply(row, reply, self._responder.name)
             elif self._turn == 1:
                 failed = stages.error(stage, key[0], row, f"the teacher failed: {reply.error}", row=row)
-                yield TaggedOutput(ERRORS, (key, failed.rows[0]))
+                yield TaggedOutput(ERRORS, failed.rows[0])
             else:  # a failed revision keeps the row, noting why
                 yield key, {**row, "revision_errors": [*row.get("revision_errors", []),
                                                        {"turn": self._turn, "error": reply.error}]}
@@ -276,51 +263,84 @@ class _Verify(_SandboxDoFn):
         yield from ((key, row) for (key, _), row in zip(batch, verified))
 
 
-def _assemble(item: tuple[Key, dict]) -> tuple[Key, dict]:
-    return item[0], predictions.assemble_row(item[1])
+def _assemble(item: tuple[Key, dict]) -> dict:
+    return predictions.assemble_row(item[1])
 
 
-def _write_sorted(rows: list[tuple[Key, dict]], path: str, counter: str) -> None:
-    """Write rows in key order, as driver.py writes them (one JSON object a line);
-    the text goes to a temporary file renamed into place, so a reader never sees
-    half a file and a retried step writes the same bytes again."""
-    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in _in_order(rows)]
-    partial = path + ".partial"
-    with FileSystems.create(partial) as f:
-        f.write("".join(lines).encode("utf-8"))
-    FileSystems.rename([partial], [path])
-    Metrics.counter(NAMESPACE, counter).inc(len(lines))
+class _Transform(beam.DoFn):
+    """The transform stage on a batch of raw rows: one teacher per DoFn
+    instance, its reply cache in the shared `cache_dir`."""
+
+    def __init__(self, spec: ChatTeacherSpec, cache_dir: str):
+        self._spec, self._cache_dir = spec, cache_dir
+        self._responder: Any = None
+
+    def setup(self) -> None:
+        self._responder = self._spec.build(None, Path(self._cache_dir))
+
+    def teardown(self) -> None:
+        if self._responder is not None:
+            self._responder.__exit__(None, None, None)
+            self._responder = None
+
+    def process(self, batch: list[tuple[int, Any]]) -> Iterator[Any]:
+        for (at, _), result in zip(batch, stages.transform_batch(batch, self._responder.teacher)):
+            if result.ok:
+                yield at, result.rows[0]
+            else:
+                yield TaggedOutput(ERRORS, result.rows[0])
 
 
-def _in_order(rows: Iterable[tuple[Key, dict]]) -> list[dict]:
-    # Keys are unique (a row leaves at its first error), the text only breaks
-    # ties a future stage might introduce.
-    keyed = sorted((key, json.dumps(row, ensure_ascii=False, sort_keys=True), row) for key, row in rows)
-    return [row for _, _, row in keyed]
+def _to_record(item: tuple[int, dict]) -> Iterator[Any]:
+    """A transformed row as the ios stage reads it back (records.unified_or_error)."""
+    at, row = item
+    found = unified_or_error(json.loads(json.dumps(row, ensure_ascii=False)), None, None, None)
+    if isinstance(found, LineError):
+        yield TaggedOutput(ERRORS, ios.IOResult.unreadable(found).to_dict())
+    else:
+        yield at, found
+
+
+def _import(item: tuple[int, Any]) -> Iterator[Any]:
+    result = stages.imported(item[0], item[1])
+    yield result.rows[0] if result.ok else TaggedOutput(ERRORS, result.rows[0])
+
+
+def _counts_file(examples: dict, errors: dict, path: str) -> None:
+    with FileSystems.create(path) as f:
+        f.write(sharding.counts_json(examples, errors["rows"]).encode("utf-8"))
 
 
 @gin.configurable
-def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0, max_calls: int = 1000,
-                      max_pairs: int = 10, ios_timeout_s: float = 20.0, determinism: bool = True,
-                      deterministic_min_pairs: int = 2, decontaminate_against: Sequence[Any] | None = None,
+def run_beam_pipeline(source: str | Path | None, out_dir: str | Path, *, start: str = "auto", seed: int = 0,
+                      max_calls: int = 1000, max_pairs: int = 10, ios_timeout_s: float = 20.0,
+                      determinism: bool = True, deterministic_min_pairs: int = 2,
+                      decontaminate_against: Sequence[Any] | None = None,
                       decontaminate_n: int = decontaminate.DEFAULT_N,
                       dedup_threshold: float | None = dedup.DEFAULT_THRESHOLD, per_task: int = 3,
                       rounds: int = 1, turn_teachers: Sequence[Any] = (TraceTeacherSpec(),),
-                      reveal_expected: bool = False, sandbox_workers: int = 1,
-                      python: str | None = None, batch_size: int = 64, cache_dir: str | None = None,
-                      beam_args: Sequence[str] = ()) -> dict:
-    """Run ios through assemble over the unified records in `source`, writing
-    `out_dir/examples.jsonl` and `out_dir/errors.jsonl`; returns the counts
-    {"records", "examples", "errors"}. The settings mean what run_pipeline's do.
+                      transform_teacher: Any = None, reveal_expected: bool = False, shards: int = 4,
+                      sandbox_workers: int = 1, python: str | None = None, batch_size: int = 64,
+                      cache_dir: str | None = None, beam_args: Sequence[str] = ()) -> dict:
+    """Run every stage over `source` (a path or a glob, local or any Beam
+    filesystem; default: the embedded corpus), writing the shards into
+    `out_dir/tfrecords` as the local driver's `write` stage does. Returns the
+    counts {"records", "examples", "errors"}. The settings mean what
+    run_pipeline's do.
 
     sandbox_workers: slots of each DoFn instance's sandbox.
     batch_size: the most rows one batch takes to the sandbox or the teacher.
     cache_dir: a chat teacher's reply cache (default `out_dir/teacher_cache`).
     beam_args: Beam's own flags, passed through (runner, its options, parallelism).
     """
-    source, out_dir = str(source), str(out_dir)
-    if not FileSystems.exists(source):
-        raise PipelineError(f"the source {source} does not exist")
+    files = source_files(source)
+    if start == "auto":
+        start = first_stage(files)
+    if start not in STARTS:
+        raise PipelineError(f"start must be 'auto' or one of {STARTS}, got {start!r}")
+    if start == "transform" and not isinstance(transform_teacher, ChatTeacherSpec):
+        raise PipelineError("the source is raw code, which only a model can transform: set "
+                            "run_pipeline.transform_teacher = @ChatTeacherSpec()")
     if rounds < 0:
         raise PipelineError(f"rounds must be 0 or more, got {rounds}")
     if not turn_teachers:
@@ -328,6 +348,9 @@ def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0,
     try:
         settings = ios.IOSettings(seed=seed, max_calls=max_calls, max_pairs=max_pairs, timeout_s=ios_timeout_s,
                                   determinism=determinism, deterministic_min_pairs=deterministic_min_pairs)
+        example_shards = sharding.ShardSet(sharding.EXAMPLES, shards, sharding.FORMATS,
+                                         sharding.join(str(out_dir), "tfrecords"))
+        error_shards = sharding.ShardSet(sharding.ERRORS, shards, ("jsonl",), example_shards.folder)
     except ValueError as exc:
         raise PipelineError(str(exc)) from None
     benchmarks = benchmarks_of(decontaminate_against)
@@ -339,25 +362,59 @@ def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0,
     dedup_settings = dedup_settings_of(dedup_threshold)
     config = SandboxConfig(workers=sandbox_workers, **({"python": python} if python else {}))
     config.worker_count()  # a bad count fails here, not on a worker
-    if not FileSystems.exists(out_dir):
-        FileSystems.mkdirs(out_dir)
-    cache_dir = cache_dir or FileSystems.join(out_dir, "teacher_cache")
     try:
         pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
     except ValueError as exc:  # Beam's words name the valid runners
         raise PipelineError(f"beam_args {list(beam_args)} do not make a pipeline: {exc}") from exc
+    out_dir = str(out_dir)
+    if not FileSystems.exists(out_dir):
+        FileSystems.mkdirs(out_dir)
+    cache_dir = cache_dir or sharding.join(out_dir, "teacher_cache")
 
     def batched(name: str, pcoll):
         return pcoll | f"Batch{name}" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_size)
 
     errors = []
     parsed = (pipeline
-              | "Source" >> beam.Create([source])
-              | "Read" >> beam.FlatMap(_read_lines)
-              | "Spread" >> beam.Reshuffle()
-              | "Parse" >> beam.ParDo(_Parse()).with_outputs(ERRORS, main="records"))
+              | "Read" >> ReadSource(files)
+              | "Parse" >> beam.ParDo(_Parse(start)).with_outputs(ERRORS, main="rows"))
     errors.append(parsed[ERRORS])
-    found = batched("IOs", parsed.records) | "IOs" >> beam.ParDo(_IOs(config, settings)).with_outputs(
+    if start == "import":
+        imported = parsed.rows | "Import" >> beam.FlatMap(_import).with_outputs(ERRORS, main="rows")
+        errors.append(imported[ERRORS])
+        examples = imported.rows
+    else:
+        records = parsed.rows
+        if start == "transform":
+            unified = batched("Transform", records) | "Transform" >> beam.ParDo(
+                _Transform(transform_teacher, cache_dir)).with_outputs(ERRORS, main="rows")
+            errors.append(unified[ERRORS])
+            readable = unified.rows | "AsRecords" >> beam.FlatMap(_to_record).with_outputs(ERRORS, main="rows")
+            errors.append(readable[ERRORS])
+            records = readable.rows
+        examples = _predictions(pipeline, records, errors, batched, config, settings, benchmarks,
+                                decontaminate_n, dedup_settings, seed, per_task, rounds, turn_teachers,
+                                cache_dir, reveal_expected, ios_timeout_s)
+    example_counts = examples | "WriteExamples" >> WriteShards(
+        example_shards, sharding.join(out_dir, ".scratch-examples"))
+    error_counts = (errors | "AllErrors" >> beam.Flatten()
+                    | "WriteErrors" >> WriteShards(error_shards, sharding.join(out_dir, ".scratch-errors")))
+    _ = example_counts | "Counts" >> beam.Map(_counts_file, beam.pvalue.AsSingleton(error_counts),
+                                              example_shards.counts_path())
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    if state != PipelineState.DONE:
+        raise PipelineError(f"the Beam pipeline ended in state {state}")
+    with FileSystems.open(example_shards.counts_path()) as f:
+        counts = json.loads(f.read())
+    return {"records": _counter(result, "records"), "examples": counts["examples"], "errors": counts["errors"]}
+
+
+def _predictions(pipeline, records, errors: list, batched, config: SandboxConfig, settings, benchmarks,
+                 decontaminate_n: int, dedup_settings, seed: int, per_task: int, rounds: int,
+                 turn_teachers: Sequence[Any], cache_dir: str, reveal_expected: bool, ios_timeout_s: float):
+    """Unified records to assembled examples: ios through assemble."""
+    found = batched("IOs", records) | "IOs" >> beam.ParDo(_IOs(config, settings)).with_outputs(
         ERRORS, main="rows")
     errors.append(found[ERRORS])
     records = found.rows
@@ -378,8 +435,7 @@ def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0,
             ERRORS, main="rows")
         errors.append(unique[ERRORS])
         records = unique.rows
-    prompted = records | "Prompts" >> beam.ParDo(_Prompts(seed, per_task)).with_outputs(
-        ERRORS, main="rows")
+    prompted = records | "Prompts" >> beam.ParDo(_Prompts(seed, per_task)).with_outputs(ERRORS, main="rows")
     errors.append(prompted[ERRORS])
     rows = prompted.rows
     for turn in range(1, rounds + 2):
@@ -389,18 +445,7 @@ def run_beam_pipeline(source: str | Path, out_dir: str | Path, *, seed: int = 0,
         errors.append(answered[ERRORS])
         rows = batched(f"Verify{turn}", answered.rows) | f"Verify{turn}" >> beam.ParDo(
             _Verify(config, reveal_expected, ios_timeout_s))
-    _ = (rows | "Assemble" >> beam.Map(_assemble)
-         | "GatherExamples" >> beam.combiners.ToList()
-         | "WriteExamples" >> beam.Map(_write_sorted, FileSystems.join(out_dir, "examples.jsonl"),
-                                       "examples"))
-    _ = (errors | "AllErrors" >> beam.Flatten()
-         | "GatherErrors" >> beam.combiners.ToList()
-         | "WriteErrors" >> beam.Map(_write_sorted, FileSystems.join(out_dir, "errors.jsonl"), "errors"))
-    result = pipeline.run()
-    state = result.wait_until_finish()
-    if state != PipelineState.DONE:
-        raise PipelineError(f"the Beam pipeline ended in state {state}")
-    return {name: _counter(result, name) for name in ("records", "examples", "errors")}
+    return rows | "Assemble" >> beam.Map(_assemble)
 
 
 def _counter(result: PipelineResult, name: str) -> int:
@@ -411,25 +456,16 @@ def _counter(result: PipelineResult, name: str) -> int:
 
 # run_pipeline's settings that mean the same here; `workers` (the local pool's
 # slots) has no counterpart: the runner's parallelism times sandbox_workers.
-SHARED_SETTINGS = ("source", "seed", "max_calls", "max_pairs", "ios_timeout_s", "determinism",
+SHARED_SETTINGS = ("source", "start", "seed", "max_calls", "max_pairs", "ios_timeout_s", "determinism",
                    "deterministic_min_pairs", "decontaminate_against", "decontaminate_n", "dedup_threshold",
-                   "per_task", "rounds", "turn_teachers", "reveal_expected", "python")
+                   "per_task", "rounds", "turn_teachers", "transform_teacher", "reveal_expected", "shards",
+                   "python")
 
 
 def run_configured(work_dir: str | Path, beam_args: Sequence[str] = ()) -> dict:
     """The gin-configured run (the bindings of `run_pipeline`, so one recipe
-    serves both engines) on Beam, then the `write` stage into
-    `work_dir/tfrecords` as the local run does. Returns the counts and shards."""
-    from codeio_jax.data.pipeline import write_examples
-
+    serves both engines) on Beam, into `work_dir`. Returns the counts."""
     bound = gin.get_bindings("run_pipeline")
-    if bound.get("transform_teacher") is not None:
-        raise PipelineError("the Beam pipeline starts from unified records: run `codeio-jax transform` "
-                            "first, or the local pipeline")
-    # None is a setting too (no dedup stage; CRUXEval as the benchmark), except for the source.
+    # None is a setting too (no dedup stage; CRUXEval as the benchmark).
     settings = {name: bound[name] for name in SHARED_SETTINGS if name in bound}
-    settings["source"] = settings.get("source") or str(ios.DEFAULT_CORPUS)
-    counts = run_beam_pipeline(out_dir=work_dir, beam_args=beam_args, **settings)
-    written = write_examples(Path(work_dir) / "examples.jsonl", Path(work_dir) / "tfrecords",
-                             bound.get("shards", 4))
-    return {**counts, "shards": written.files}
+    return run_beam_pipeline(out_dir=work_dir, beam_args=beam_args, **{"source": None, **settings})

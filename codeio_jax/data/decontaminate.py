@@ -134,7 +134,7 @@ def _programs(benchmark: Benchmark) -> Iterator[tuple[int, tuple[str, str] | str
         line, row = item
         code = row.get(benchmark.code_field) if isinstance(row, dict) else None
         if not isinstance(code, str):
-            yield line, f"line {line}: no `{benchmark.code_field}` text"
+            yield line, f"no `{benchmark.code_field}` text"
             continue
         yield line, (str(row.get(benchmark.id_field, f"line {line}")), code)
 

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from codeio_jax.records import count_rows
 
@@ -49,12 +49,17 @@ class Summary:
     already_done: bool = False
 
 
-def fingerprint(source: str | Path, stage: str, settings: object) -> str:
-    """What the outputs depend on: the input's bytes, the stage and its settings."""
+def fingerprint(source: str | Path | Sequence[str | Path], stage: str, settings: object) -> str:
+    """What the outputs depend on: the input files' names and bytes, the stage
+    and its settings."""
     digest = hashlib.sha256(f"{stage}\0{settings!r}\0".encode())
-    with open(source, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    for path in sources:
+        if len(sources) > 1:  # one file's fingerprint stays what it was
+            digest.update(f"{path}\0".encode("utf-8", "surrogatepass"))
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 

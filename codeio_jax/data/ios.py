@@ -43,15 +43,21 @@ STAGE = "ios"
 class IOResult:
     """One record's outcome: the record with its pairs, or an error."""
 
-    record_id: str
-    line: int
+    record_id: str | None  # None: a line that holds no record, named by its location
+    line: int | None
     row: dict | None = None
     error: str | None = None
+    location: dict | None = None  # file and offset of a line that is no record
 
     def to_dict(self) -> dict:
         if self.row is not None:
             return self.row
-        return {"id": self.record_id, "stage": STAGE, "line": self.line, "error": self.error}
+        return {"id": self.record_id, "stage": STAGE, "line": self.line, **(self.location or {}),
+                "error": self.error}
+
+    @classmethod
+    def unreadable(cls, where: LineError) -> "IOResult":
+        return cls(where.id, where.line, error=where.reason, location=where.location())
 
 
 def submit(record: UnifiedRecord, line: int, sandbox: Sandbox, settings: IOSettings,
@@ -171,7 +177,7 @@ def generate(items: Iterable[tuple[int, UnifiedRecord | LineError]], sandbox: Sa
 def _finish(entry) -> IOResult:
     record, where, future = entry
     if record is None:
-        return IOResult(where.id or f"line-{where.line}", where.line, error=where.reason)
+        return IOResult.unreadable(where)
     return future.result()
 
 

@@ -5,15 +5,19 @@
     --respond_1--> responses_1.jsonl
     --verify_1--> verdicts_1.jsonl
     [--respond_k--> responses_k.jsonl --verify_k--> verdicts_k.jsonl, per round]
-    --assemble--> examples.jsonl --write--> tfrecords/codeio_examples.tfrecord-*-of-*
+    --assemble--> examples.jsonl --write--> tfrecords/codeio_examples.{tfrecord,jsonl}-*-of-*
+                                            and every stage's errors: tfrecords/codeio_errors.jsonl-*-of-*
 
 Each arrow is one resumable stage (stages.py), each file has its
 `.errors.jsonl` beside it. A run killed at any moment and started again skips
 the finished stages, resumes the one it was in, and ends with the same bytes
-as an uninterrupted run (TFRecord shards included: each is written whole under
-a temporary name, then renamed). `transform` runs only when the source is raw code;
-unified records (the embedded corpus, the authors' parsed records) start at `ios`.
-At the end, report.py reads the stage files into `report.json` and `report.md`.
+as an uninterrupted run (shards included: each is written whole under a
+temporary name, then renamed). The source is a path or a glob of JSONL files
+(data/source.py); its rows' format picks the first stage: raw code starts at
+`transform`, unified records (the embedded corpus, the authors' parsed records)
+at `ios`, rows of the released dataset at `import`, which makes them examples.
+The shards are the Beam pipeline's to the byte (shards.py). At the end,
+report.py reads the stage files into `report.json` and `report.md`.
 """
 
 from __future__ import annotations
@@ -32,12 +36,9 @@ from codeio_jax.data import decontaminate, dedup, ios, report as quality, stages
 from codeio_jax.data.driver import Result, Summary
 from codeio_jax.data.respond import ChatResponder, Responder, TraceResponder
 from codeio_jax.execution import Limits, Sandbox, SandboxConfig
-from codeio_jax.records import LineError, count_rows, open_atomic, read_jsonl
+from codeio_jax.records import FIRST_STAGE, count_rows, open_atomic
 from codeio_jax.teachers.trace_capture import COUNTED_EVENTS, DETAIL_EVENTS
 from codeio_jax.teachers.trace_render import MAX_CHARS
-
-
-EXAMPLES_NAME = "codeio_examples"  # the shard prefix the SeqIO tasks read (tasks/codeio.py)
 
 
 class PipelineError(ValueError):
@@ -170,8 +171,10 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
                  python: str | None = None, progress: Progress | None = None) -> PipelineReport:
     """Run every stage over `source` (default: the embedded corpus) in `work_dir`.
 
+    source: a path or a glob of JSONL files (`corpus/*.jsonl`, `**` for any depth).
     start: "transform" (raw code rows with `content`), "ios" (unified records),
-      or "auto": whichever the source's first valid row looks like.
+      "import" (released CodeIO-PyEdu-Reasoning rows), or "auto": whichever
+      format the source's files hold (files of different formats are an error).
     determinism: rerun every kept pair in another world (data/determinism.py)
       and keep those that held; a record where one changed needs
       `deterministic_min_pairs` that held, else it is an error row.
@@ -188,17 +191,15 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
     transform_teacher: a chat teacher for raw code; the trace teacher cannot transform.
     shards: TFRecord files the examples are spread over (by a hash of their id).
     """
-    source = Path(source or ios.DEFAULT_CORPUS)
-    if not source.exists():
-        raise PipelineError(f"the source {source} does not exist")
+    files = source_files(source)
     if rounds < 0:
         raise PipelineError(f"rounds must be 0 or more, got {rounds}")
     if not turn_teachers:
         raise PipelineError("turn_teachers is empty: name at least the teacher of the first turn")
     if start == "auto":
-        start = _kind_of(source)
-    if start not in ("transform", "ios"):
-        raise PipelineError(f"start must be 'auto', 'transform' or 'ios', got {start!r}")
+        start = first_stage(files)
+    if start not in STARTS:
+        raise PipelineError(f"start must be 'auto' or one of {STARTS}, got {start!r}")
     if start == "transform" and not isinstance(transform_teacher, ChatTeacherSpec):
         raise PipelineError("the source is raw code, which only a model can transform: set "
                             "run_pipeline.transform_teacher = @ChatTeacherSpec() (the trace teacher "
@@ -216,7 +217,8 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
     reports: list[StageReport] = []
     errors_of: dict[str, Path] = {}
 
-    def step(name: str, run: Callable[..., Summary], source: Path, dest: Path, *args, **kwargs) -> Path:
+    def step(name: str, run: Callable[..., Summary], source: Path | list[str], dest: Path, *args,
+             **kwargs) -> Path:
         started = time.perf_counter()
         errors = errors_of[name] = dest.with_name(dest.stem + ".errors.jsonl")
         summary = run(source, dest, errors, *args, **kwargs,
@@ -226,9 +228,12 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
 
     config = SandboxConfig(workers=workers, **({"python": python} if python else {}))
     usage: dict[str, dict] = {}
+    if start == "import":  # released rows are examples already
+        examples = step("import", stages.import_file, files, work / "examples.jsonl")
+        return _written(work, reports, errors_of, examples, shards, None, usage)
     with Sandbox(config) as sandbox, (recheck_sandbox(config) if determinism
                                       else contextlib.nullcontext()) as recheck:
-        current = source
+        current = files
         if start == "transform":
             responder = transform_teacher.build(sandbox, cache)
             with responder:
@@ -259,58 +264,89 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
             current = step(f"verify_{turn}", stages.verify_file, current, work / f"verdicts_{turn}.jsonl",
                            sandbox, reveal_expected=reveal_expected, timeout_s=ios_timeout_s)
         examples = step("assemble", stages.assemble_file, current, work / "examples.jsonl")
+    return _written(work, reports, errors_of, examples, shards, work / f"verdicts_{rounds + 1}.jsonl", usage)
+
+
+def _written(work: Path, reports: list[StageReport], errors_of: dict[str, Path], examples: Path, shards: int,
+             verdicts: Path | None, usage: dict) -> PipelineReport:
+    """The write stage, then the quality report over every stage's files."""
     started = time.perf_counter()
-    written = write_examples(examples, work / "tfrecords", shards)
+    written = write_examples(examples, work / "tfrecords", shards, list(errors_of.values()))
     reports.append(StageReport("write", written.summary, time.perf_counter() - started))
-    quality.write(work, quality.build(reports, errors_of, work / f"verdicts_{rounds + 1}.jsonl", examples,
+    quality.write(work, quality.build(reports, errors_of, verdicts, examples,
                                       {"teacher_usage": usage}))
     return PipelineReport(work, reports, examples, written.files, usage)
 
 
+STARTS = ("transform", "ios", "import")
+
+
+def source_files(source: str | Path | None) -> list[str]:
+    """The files a source setting names (a path or a glob; default: the embedded corpus)."""
+    from codeio_jax.data import source as sources
+
+    try:
+        return sources.match(str(source or ios.DEFAULT_CORPUS))
+    except sources.SourceError as exc:
+        raise PipelineError(f"{exc}; set run_pipeline.source") from None
+
+
+def first_stage(files: list[str]) -> str:
+    """The stage a source's rows go to first, from their format."""
+    from codeio_jax.data import source as sources
+
+    try:
+        return FIRST_STAGE[sources.kind_of(files)]
+    except sources.SourceError as exc:
+        raise PipelineError(f"{exc}; or set run_pipeline.start") from None
+
+
 @dataclasses.dataclass
 class Written:
-    files: list[Path]
+    files: list[Path]  # the TFRecord shards the SeqIO tasks read
     summary: Summary
+    errors: int = 0  # rows in the error shards
 
 
-def write_examples(examples: Path, out_dir: Path, shards: int) -> Written:
-    """The `write` stage: the examples as TFRecord shards, skipped when the
-    shards of these very examples (same bytes, same shard count) are there."""
-    from codeio_jax.data import tfrecords
+def write_examples(examples: Path, out_dir: Path, shards: int, error_files: Sequence[Path] = ()) -> Written:
+    """The `write` stage: the examples as TFRecord and JSONL shards, the rows of
+    `error_files` (every stage's errors) as JSONL shards, all in `out_dir` and
+    as the Beam pipeline writes them (shards.py); skipped when the shards of
+    these very inputs (same bytes, same shard count) are there."""
+    from codeio_jax.data import shards as sharding
     from codeio_jax.data.driver import fingerprint
 
     if shards < 1:
         raise PipelineError(f"shards must be at least 1, got {shards}")
     out_dir = Path(out_dir)
+    error_files = [Path(path) for path in error_files if Path(path).exists()]
+    examples_set = sharding.ShardSet(sharding.EXAMPLES, shards, sharding.FORMATS, str(out_dir))
+    errors_set = sharding.ShardSet(sharding.ERRORS, shards, ("jsonl",), str(out_dir))
     marker = out_dir / "write.done"
-    run_id = fingerprint(examples, "write", shards)
-    expected = [out_dir / f"{EXAMPLES_NAME}.tfrecord-{i:05d}-of-{shards:05d}" for i in range(shards)]
-    counts_file = out_dir / f"{EXAMPLES_NAME}.counts.json"
+    run_id = fingerprint([examples, *error_files], "write", shards)
+    counts_file = Path(examples_set.counts_path())
+    expected = [Path(path) for path in examples_set.paths() + errors_set.paths()]
     if marker.exists() and marker.read_text().strip() == run_id and counts_file.exists() \
             and all(p.exists() for p in expected):
-        rows = json.loads(counts_file.read_text())["examples"]
-        return Written(expected, Summary(items=rows, ok=rows, already_done=True))
+        found = json.loads(counts_file.read_text())
+        return Written(_tfrecord_files(examples_set), Summary(items=found["examples"], ok=found["examples"],
+                                                             already_done=True), found.get("errors", 0))
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
-    counts = {"examples": 0, "by_task": {}, "by_turns": {}}
-
-    def counted():
-        for row in stages.read_rows(examples):
-            counts["examples"] += 1
-            for key, value in (("by_task", row.get("task")), ("by_turns", str(row.get("turns")))):
-                counts[key][value] = counts[key].get(value, 0) + 1
-            yield row
-
-    files = tfrecords.write_shards(counted(), out_dir, EXAMPLES_NAME, shards)
-    # This folder is the stage's own: shards of an earlier count, or temporary
-    # files of a killed write, would otherwise match the SeqIO file pattern or pile up.
-    for stale in [*out_dir.glob(f"{EXAMPLES_NAME}.tfrecord-*"), *out_dir.glob(f".{EXAMPLES_NAME}.*.tmp")]:
-        if stale not in files:
-            stale.unlink()
+    scratch = out_dir / ".scratch"
+    counts = sharding.write_local(stages.read_rows(examples), examples_set, str(scratch))
+    errors = sharding.write_local((row for path in error_files for row in stages.read_rows(path)),
+                                  errors_set, str(scratch))
+    scratch.rmdir()
     # What the SeqIO mixtures weigh their tasks by, without reading the shards.
-    counts_file.write_text(json.dumps(counts, sort_keys=True) + "\n")
+    counts_file.write_text(sharding.counts_json(counts, errors["rows"]))
     marker.write_text(run_id + "\n")
-    return Written(files, Summary(items=counts["examples"], ok=counts["examples"]))
+    return Written(_tfrecord_files(examples_set), Summary(items=counts["rows"], ok=counts["rows"]),
+                   errors["rows"])
+
+
+def _tfrecord_files(examples_set) -> list[Path]:
+    return [Path(examples_set.path("tfrecord", shard)) for shard in range(examples_set.count)]
 
 
 def _ios_file(source, dest, errors_dest, sandbox, settings, recheck, on_result=None) -> Summary:
@@ -319,17 +355,3 @@ def _ios_file(source, dest, errors_dest, sandbox, settings, recheck, on_result=N
     found = ios.run_file(source, dest, errors_dest, sandbox, settings, on_record=report, recheck=recheck)
     return Summary(items=found.records, ok=found.kept, errors=found.errors, resumed_at=found.resumed_at,
                    already_done=found.already_done)
-
-
-def _kind_of(source: Path) -> str:
-    for item in read_jsonl(source):
-        if isinstance(item, LineError):
-            continue
-        row = item[1]
-        if isinstance(row, dict) and "refcode" in row:
-            return "ios"
-        if isinstance(row, dict) and ("content" in row or "code" in row):
-            return "transform"
-        break
-    raise PipelineError(f"cannot tell what {source} holds: its first valid row has neither `refcode` "
-                        "(a unified record) nor `content`/`code` (raw code); set run_pipeline.start")

@@ -21,7 +21,7 @@ from codeio_jax.data.driver import Result, Summary, fingerprint, run_resumable
 from codeio_jax.data.prompts import TransformParseError, parse_transform_reply
 from codeio_jax.data.respond import Responder
 from codeio_jax.execution import Sandbox
-from codeio_jax.records import LineError, RecordError, read_jsonl
+from codeio_jax.records import LineError, RecordError, foreign_format, read_jsonl
 from codeio_jax.teachers.base import Teacher
 
 Item = tuple[int, Any] | LineError
@@ -53,7 +53,7 @@ def run_stage(source: str | Path, dest: str | Path, errors_dest: str | Path, sta
                 processed = iter(future.result() if future else [])
                 for item in batch:
                     if isinstance(item, LineError):
-                        yield Result.error({"stage": stage, "line": item.line, "error": item.reason})
+                        yield Result.error(unreadable(stage, item))
                     else:
                         yield next(processed)
 
@@ -61,42 +61,47 @@ def run_stage(source: str | Path, dest: str | Path, errors_dest: str | Path, sta
                          results_from, on_result)
 
 
+def unreadable(stage: str, item: LineError) -> dict:
+    """The error row of a line that holds no row to work on."""
+    return {"stage": stage, "line": item.line, "id": item.id, **item.location(), "error": item.reason}
+
+
 def error(stage: str, line: int, item: Any, reason: str, row_id: str | None = None, **extra) -> Result:
     if row_id is None and isinstance(item, dict):
         row_id = item.get("id")
-    return Result.error({"stage": stage, "line": line, "id": row_id,
-                         "error": f"line {line}: {reason}", **extra})
+    return Result.error({"stage": stage, "line": line, "id": row_id, "error": reason, **extra})
+
+
+def transform_batch(lines: list[tuple[int, Any]], teacher: Teacher) -> list[Result]:
+    """The transform stage on (line, raw row) items: one teacher call for the lot."""
+    results: list[Result | None] = []
+    asks = []
+    for line, row in lines:
+        try:
+            row_id, code = transform.raw_code(row)
+        except ValueError as exc:
+            results.append(error("transform", line, row, str(exc)))
+            continue
+        asks.append((len(results), line, row, row_id, transform.request(code)))
+        results.append(None)
+    replies = teacher.reply([ask[-1] for ask in asks])
+    for (index, line, row, row_id, _), reply in zip(asks, replies):
+        if not reply.ok:
+            results[index] = error("transform", line, row, f"the teacher failed: {reply.error}", row_id)
+            continue
+        try:
+            fields = parse_transform_reply(reply.text)
+        except TransformParseError as exc:
+            results[index] = error("transform", line, row, f"unusable reply: {exc}", row_id, reply=reply.text)
+            continue
+        results[index] = Result.one(True, transform.unified_row(row_id, fields, row))
+    return results
 
 
 def transform_file(source, dest, errors_dest, teacher: Teacher, teacher_id: str, chunk: int = 64,
                    on_result: OnResult = None) -> Summary:
-    def process(lines):
-        results: list[Result | None] = []
-        asks = []
-        for line, row in lines:
-            try:
-                row_id, code = transform.raw_code(row)
-            except ValueError as exc:
-                results.append(error("transform", line, row, str(exc)))
-                continue
-            asks.append((len(results), line, row, row_id, transform.request(code)))
-            results.append(None)
-        replies = teacher.reply([ask[-1] for ask in asks])
-        for (index, line, row, row_id, _), reply in zip(asks, replies):
-            if not reply.ok:
-                results[index] = error("transform", line, row, f"the teacher failed: {reply.error}", row_id)
-                continue
-            try:
-                fields = parse_transform_reply(reply.text)
-            except TransformParseError as exc:
-                results[index] = error("transform", line, row, f"unusable reply: {exc}", row_id,
-                                       reply=reply.text)
-                continue
-            results[index] = Result.one(True, transform.unified_row(row_id, fields, row))
-        return results
-
-    return run_stage(source, dest, errors_dest, "transform", {"teacher": teacher_id}, process,
-                     chunk, on_result)
+    return run_stage(source, dest, errors_dest, "transform", {"teacher": teacher_id},
+                     lambda lines: transform_batch(lines, teacher), chunk, on_result)
 
 
 def prompts_file(source, dest, errors_dest, seed: int = 0, per_task: int = 3,
@@ -269,14 +274,18 @@ def import_file(source, dest, errors_dest, on_result: OnResult = None) -> Summar
     their fields unchanged, plus what our examples carry (an id from their
     content, the task read from the prompt, status `imported`)."""
     def process(lines):
-        return [_imported(line, row) for line, row in lines]
+        return [imported(line, row) for line, row in lines]
 
     return run_stage(source, dest, errors_dest, "import", {}, process, on_result=on_result)
 
 
-def _imported(line: int, row: Any) -> Result:
+def imported(line: int, row: Any) -> Result:
+    """The import stage on one released row."""
     if not isinstance(row, dict):
         return error("import", line, row, "expected a JSON object")
+    foreign = foreign_format(row, "released")
+    if foreign:
+        return error("import", line, row, foreign)
     for name in RELEASED_FIELDS:
         value = row.get(name)
         if name in ("prompt", "turn_1") and not isinstance(value, str):
@@ -315,5 +324,5 @@ def read_rows(path: str | Path) -> Iterator[dict]:
     file was damaged after the fact, which is an error, not a row to skip."""
     for item in read_jsonl(path):
         if isinstance(item, LineError):
-            raise ValueError(f"{path}: {item.reason}")
+            raise ValueError(f"{path} line {item.line}: {item.reason}")
         yield item[1]

@@ -11,8 +11,8 @@ pay for importing it, so this module implements the two formats involved by hand
 
 A schema maps field name -> kind: "text" (str -> one UTF-8 bytes value), "json" (any
 JSON value -> one bytes value of its canonical JSON) or "int" (one int64). Output is
-deterministic: map entries are sorted by key and rows are sharded by a hash of their id,
-so rerunning over the same rows gives byte-identical files.
+deterministic: map entries are sorted by key; shards.py spreads rows over files by a
+hash of their id and sorts them inside each, so the same rows give the same bytes.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ import hashlib
 import json
 import os
 import struct
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 # The assembled training examples of the pipeline (stage `assemble`).
 EXAMPLE_SCHEMA: Mapping[str, str] = MappingProxyType({
@@ -270,50 +269,3 @@ def decode_row(data: bytes, schema: Mapping[str, str] = EXAMPLE_SCHEMA) -> dict[
 def shard_of(row_id: str, num_shards: int) -> int:
     """The shard of a row: a hash of its id, so the split is stable across runs and machines."""
     return int.from_bytes(hashlib.sha256(row_id.encode("utf-8")).digest()[:8], "big") % num_shards
-
-
-def shard_paths(out_dir: str | os.PathLike, name: str, num_shards: int) -> list[Path]:
-    """The files of a shard set, in the SeqIO/TFDS naming `{name}.tfrecord-00000-of-00004`."""
-    return [Path(out_dir) / f"{name}.tfrecord-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
-
-
-def write_shards(rows: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike, name: str,
-                 num_shards: int, schema: Mapping[str, str] = EXAMPLE_SCHEMA) -> list[Path]:
-    """Write `rows` as Examples into `num_shards` TFRecord files under `out_dir`; their paths.
-
-    A row goes to shard `shard_of(row["id"])` and rows keep their input order within a
-    shard. Every shard is written, empty or not, so the set is complete. Shards are
-    written to temporary names and renamed only once all rows are in, so an error or a
-    kill never leaves a half-written file under a final name. Holds `num_shards` files
-    open at once, so the open-files limit (`ulimit -n`) bounds `num_shards`.
-    """
-    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
-        raise ValueError(f"num_shards must be a positive int, got {num_shards!r}")
-    if not name or "/" in name or os.sep in name:
-        raise ValueError(f"shard name must be a non-empty file name, got {name!r}")
-    paths = shard_paths(out_dir, name, num_shards)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    # Same folder as the final names, so the renames are atomic; dot-prefixed so a
-    # `{name}.tfrecord*` glob never picks up what a killed run left; the pid keeps two
-    # concurrent writers apart.
-    temps = [path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in paths]
-    files: list[BinaryIO] = []
-    try:
-        for temp in temps:
-            files.append(open(temp, "wb"))  # noqa: SIM115 (closed below)
-        for index, row in enumerate(rows):
-            row_id = row.get("id")
-            if not isinstance(row_id, str):
-                raise SchemaError(f"row {index}: field `id` (a str) is missing; it picks the shard")
-            files[shard_of(row_id, num_shards)].write(frame(encode_example(row, schema)))
-        for file in files:
-            file.flush()
-            os.fsync(file.fileno())  # the rename must not outlive the data on a crash
-            file.close()
-        for temp, path in zip(temps, paths):
-            os.replace(temp, path)
-    finally:
-        for file, temp in zip(files, temps):  # on failure, leave no temporary behind
-            file.close()
-            temp.unlink(missing_ok=True)
-    return paths

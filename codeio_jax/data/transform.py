@@ -11,6 +11,7 @@ import hashlib
 from typing import Any
 
 from codeio_jax.data.prompts import transform_messages
+from codeio_jax.records import foreign_format
 
 CODE_FIELDS = ("content", "code")  # the raw corpus's field, then a plainer name
 
@@ -20,6 +21,9 @@ def raw_code(row: Any) -> tuple[str, str]:
     is the row's `id`, else its `blob_id`, else a hash of the code."""
     if not isinstance(row, dict):
         raise ValueError("expected a JSON object")
+    foreign = foreign_format(row, "raw")
+    if foreign:
+        raise ValueError(foreign)
     code = next((row[name] for name in CODE_FIELDS if isinstance(row.get(name), str)), None)
     if code is None or not code.strip():
         raise ValueError("no code: field `content` (or `code`) is missing or empty")

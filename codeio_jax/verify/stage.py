@@ -29,7 +29,7 @@ def verify_file(source: str | Path, dest: str | Path, sandbox: Sandbox,
         problem = _problem(row)
         if problem:
             rows.append({"line": number, "id": row.get("id") if isinstance(row, dict) else None,
-                         "error": f"line {number}: {problem}"})
+                         "error": problem})
             continue
         if row["task"] == OUTPUT_PREDICTION:
             verdict = verify_output_prediction(row["response"], row["output"], reveal_expected)

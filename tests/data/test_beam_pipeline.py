@@ -1,18 +1,23 @@
-"""The Beam pipeline on the DirectRunner writes what the local driver writes,
-byte for byte, errors included; Beam's own flags pass through."""
+"""The Beam pipeline on the DirectRunner writes the shards the local driver
+writes, byte for byte, errors included, from a path or a glob; bad sources
+fail before the job starts; Beam's own flags pass through."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from codeio_jax.data import shards
 from codeio_jax.data.beam_pipeline import run_beam_pipeline
 from codeio_jax.data.ios import DEFAULT_CORPUS
 from codeio_jax.data.pipeline import ChatTeacherSpec, PipelineError, TraceTeacherSpec, run_pipeline
 from tests.conftest import shared_data
+from tests.data.test_pipeline import TRANSFORM_REPLY
 from tests.teachers.chat_server import ChatServer
 
 SETTINGS = dict(per_task=2, rounds=1)
+TWO_PROCESSES = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
 
 def corpus_lines(n):
@@ -23,17 +28,31 @@ def read(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+def shard_files(work):
+    folder = Path(work) / "tfrecords"
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))
+            if name.startswith("codeio_")}
+
+
+def error_rows(work):
+    return list(shards.read_jsonl_shards(shards.ShardSet(shards.ERRORS, 4, ("jsonl",), str(Path(work) / "tfrecords"))))
+
+
 def both(tmp_path, source, beam_args=(), **settings):
-    """The local run's work folder and the Beam run's counts and output folder."""
+    """The local run's work folder and the Beam run's counts and output folder;
+    their shards are the same bytes."""
     local = tmp_path / "local"
-    run_pipeline(work_dir=local, source=source, workers=2, **SETTINGS, **settings)
+    run_pipeline(work_dir=local, source=source, workers=2, **{**SETTINGS, **settings})
     beam = tmp_path / "beam"
-    counts = run_beam_pipeline(source, beam, beam_args=beam_args, **SETTINGS, **settings)
+    counts = run_beam_pipeline(source, beam, beam_args=beam_args, **{**SETTINGS, **settings})
+    found = shard_files(beam)
+    assert len(found) == 4 * 3 + 1  # examples as TFRecords and JSONL, errors, the counts
+    assert found == shard_files(local)
     return local, counts, beam
 
 
-def test_direct_runner_output_equals_the_local_driver(tmp_path):
-    source = tmp_path / "corpus.jsonl"
+def test_two_worker_processes_over_a_glob_write_the_local_bytes(tmp_path):
+    # Separate processes: every DoFn, signature and the dedup links cross a pickle.
     # One more record carries a CRUXEval program (sample_5) beside its own code: decontamination drops it.
     row = json.loads(corpus_lines(13)[-1])
     crux = next(json.loads(line) for line in shared_data("cruxeval/cruxeval.jsonl").read_text().splitlines()
@@ -41,36 +60,78 @@ def test_direct_runner_output_equals_the_local_driver(tmp_path):
     contaminated = json.dumps({**row, "id": "contaminated", "refcode": crux["code"] + "\n\n" + row["refcode"]})
     # And one is the third record again under an id that sorts first: deduplication keeps it, drops the third.
     copy = json.dumps({**json.loads(corpus_lines(3)[-1]), "id": "0-copy"})
-    source.write_text("".join(corpus_lines(12)) + contaminated + "\n" + copy + "\n")
-    local, counts, beam = both(tmp_path, source)
-    expected = (local / "examples.jsonl").read_bytes()
-    assert (beam / "examples.jsonl").read_bytes() == expected
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "part-1.jsonl").write_text("".join(corpus_lines(12)[:7]))
+    (tmp_path / "corpus" / "part-2.jsonl").write_text("".join(corpus_lines(12)[7:]) + contaminated + "\n" + copy
+                                                      + "\n")
+    local, counts, beam = both(tmp_path, str(tmp_path / "corpus" / "*.jsonl"), beam_args=TWO_PROCESSES)
     assert counts == {"records": 14, "examples": 12 * 4, "errors": 2}
-    duplicate, dropped = read(beam / "errors.jsonl")
-    assert dropped["id"] == "contaminated" and dropped["benchmark_item"] == "sample_5"
-    assert duplicate["line"] == 3 and duplicate["kept_id"] == "0-copy" and duplicate["match"] == "exact"
-    (local_duplicate,) = read(local / "deduplicated.errors.jsonl")  # lines are each stage input's own
-    assert {**local_duplicate, "line": 3, "error": duplicate["error"]} == duplicate
+    by_stage = {row["stage"]: row for row in error_rows(beam)}
+    assert by_stage["decontaminate"]["id"] == "contaminated"
+    assert by_stage["decontaminate"]["benchmark_item"] == "sample_5"
+    duplicate = by_stage["dedup"]
+    assert duplicate["kept_id"] == "0-copy" and duplicate["match"] == "exact" and "line" not in duplicate
+    (local_duplicate,) = read(local / "deduplicated.errors.jsonl")  # its line is that stage input's own
+    assert {name: value for name, value in local_duplicate.items() if name != "line"} == duplicate
 
 
-def test_bad_lines_become_error_rows_and_the_rest_flows(tmp_path):
+def test_bad_lines_become_error_rows_named_by_file_and_offset(tmp_path):
     lines = corpus_lines(8)
     no_code = json.loads(lines[4])
     del no_code["refcode"]
+    released = {"prompt": "What does it return?", "turn_1": "It returns 1."}
+    huge = json.dumps({**json.loads(lines[5]), "id": "huge", "refcode": "x = 1\n" * 800_000})
     source = tmp_path / "corpus.jsonl"
-    # Line 4 is not JSON, line 5 is blank (no record), line 6 lacks its code.
-    source.write_text("".join([*lines[:3], '{"id": "torn", \n', "\n", json.dumps(no_code) + "\n",
-                               *lines[5:]]))
+    # Line 4 is not JSON, then a blank line, then a record without code, a row of
+    # the released format, and one over the size limit for a line.
+    text = "".join([*lines[:3], '{"id": "torn", \n', "\n", json.dumps(no_code) + "\n",
+                    json.dumps(released) + "\n", huge + "\n", *lines[5:]])
+    source.write_text(text)
     # The local threads of the DirectRunner: Beam's flags reach the runner.
-    local, counts, beam = both(tmp_path, source, beam_args=[
-        "--direct_num_workers=2", "--direct_running_mode=multi_threading"])
-    assert (beam / "examples.jsonl").read_bytes() == (local / "examples.jsonl").read_bytes()
-    errors = read(beam / "errors.jsonl")
-    assert errors == read(local / "with_ios.errors.jsonl")  # the same rows, the same order
-    assert [(e["stage"], e["line"], e["id"]) for e in errors] == [
-        ("ios", 4, "line-4"), ("ios", 6, no_code["id"])]
+    local, counts, beam = both(tmp_path, source, beam_args=["--direct_num_workers=2",
+                                                            "--direct_running_mode=multi_threading"])
+    errors = sorted(error_rows(beam), key=lambda row: row.get("offset") or 0)
+    assert counts == {"records": 10, "examples": 6 * 4, "errors": 4}
+    data = text.encode("utf-8")
+    offsets = [data.index(part.encode("utf-8")) for part in ('{"id": "torn"', json.dumps(no_code),
+                                                               json.dumps(released), huge)]
+    assert [(e["stage"], e["id"], e["offset"]) for e in errors] == [
+        ("ios", None, offsets[0]), ("ios", no_code["id"], offsets[1]), ("ios", None, offsets[2]),
+        ("ios", None, offsets[3])]  # a line too long to read has no id to tell
     assert "not valid JSON" in errors[0]["error"] and "`refcode` is missing" in errors[1]["error"]
-    assert counts == {"records": 8, "examples": 6 * 4, "errors": 2}
+    assert "a released row (import input) in a source of unified rows" in errors[2]["error"]
+    assert "over the 4194304-byte limit" in errors[3]["error"]
+    assert all(e["file"] == str(source) for e in errors)
+
+
+def test_released_rows_import_on_both_engines(tmp_path):
+    source = tmp_path / "released.jsonl"
+    rows = [{"prompt": f'Predict... answer as {{"output": <your output>}} #{i}', "turn_1": f"It is {i}.",
+             "feedback_1": None, "turn_2": None, "feedback_2": None} for i in range(30)]
+    rows[7] = {"prompt": "Which input?", "turn_1": "no form named"}  # asks for neither
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    local, counts, beam = both(tmp_path, source, beam_args=TWO_PROCESSES)
+    assert counts == {"records": 30, "examples": 29, "errors": 1}
+    (error,) = error_rows(beam)
+    assert error["stage"] == "import" and "neither an output nor an input" in error["error"]
+
+
+def test_raw_code_is_transformed_on_beam_as_locally(tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(json.dumps({"blob_id": "b1", "content": "def total(n):\n    return n*(n+1)//2\n"}) + "\n"
+                   + json.dumps({"blob_id": "b2", "content": "print('no')  [[garbage-reply]]"}) + "\n"
+                   + json.dumps({"blob_id": "b3"}) + "\n")
+
+    def model(messages):
+        return "Sorry, I cannot." if "garbage-reply" in messages[-1]["content"] else TRANSFORM_REPLY
+
+    with ChatServer(answer=model) as server:
+        spec = ChatTeacherSpec(base_url=server.base_url, model="m", api_key_env=None)
+        local, counts, beam = both(tmp_path, raw, transform_teacher=spec, per_task=1, rounds=0)
+    assert counts == {"records": 3, "examples": 2, "errors": 2}
+    assert sorted((row["id"] or "", row["error"][:12]) for row in error_rows(beam)) == [
+        ("", "no code: fie"), ("b2", "unusable rep")]
+    assert (beam / "teacher_cache").is_dir()  # the teacher was built on the worker, with its cache
 
 
 def student(messages):
@@ -86,29 +147,26 @@ def test_a_chat_teacher_then_the_trace_teacher_revising(tmp_path):
     with ChatServer(answer=student) as server:
         spec = ChatTeacherSpec(base_url=server.base_url, model="student", api_key_env=None)
         local, counts, beam = both(tmp_path, source, turn_teachers=(spec, TraceTeacherSpec()))
-    assert (beam / "examples.jsonl").read_bytes() == (local / "examples.jsonl").read_bytes()
-    examples = read(beam / "examples.jsonl")
+    examples = list(shards.read_jsonl_shards(shards.ShardSet(shards.EXAMPLES, 4, ("jsonl",),
+                                                             str(beam / "tfrecords"))))
     assert any(e["turns"] == 2 for e in examples) and all(e["status"] == "correct" for e in examples)
-    assert (beam / "teacher_cache").is_dir()  # the spec was built on the worker with its cache
 
 
-def test_an_unknown_runner_is_a_clear_error(tmp_path):
+def test_bad_sources_and_settings_fail_before_the_job_starts(tmp_path):
     source = tmp_path / "corpus.jsonl"
     source.write_text("".join(corpus_lines(1)))
     with pytest.raises(PipelineError, match="Unexpected pipeline runner: NoSuchRunner. Valid values"):
         run_beam_pipeline(source, tmp_path / "beam", beam_args=["--runner=NoSuchRunner"])
     with pytest.raises(PipelineError, match="rounds must be 0 or more"):
         run_beam_pipeline(source, tmp_path / "beam", rounds=-1)
-
-
-def test_two_worker_processes_give_the_local_bytes(tmp_path):
-    # Separate processes: every DoFn, signature and the dedup links cross a pickle.
-    source = tmp_path / "corpus.jsonl"
-    copy = json.dumps({**json.loads(corpus_lines(2)[-1]), "id": "0-copy"})
-    source.write_text("".join(corpus_lines(8)) + copy + "\n")
-    local, counts, beam = both(tmp_path, source, beam_args=[
-        "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-    assert (beam / "examples.jsonl").read_bytes() == (local / "examples.jsonl").read_bytes()
-    assert counts == {"records": 9, "examples": 8 * 4, "errors": 1}
-    (duplicate,) = read(beam / "errors.jsonl")
-    assert duplicate["stage"] == "dedup" and duplicate["kept_id"] == "0-copy"
+    with pytest.raises(PipelineError, match=r"the source pattern .*/nothing-\*.jsonl matches no file"):
+        run_beam_pipeline(str(tmp_path / "nothing-*.jsonl"), tmp_path / "beam")
+    with pytest.raises(PipelineError, match="is a folder: name its files"):
+        run_beam_pipeline(tmp_path, tmp_path / "beam")
+    (tmp_path / "notes.jsonl").write_text("These are my notes.\n")
+    with pytest.raises(PipelineError, match="notes.jsonl is not JSONL: its first line is not valid JSON"):
+        run_beam_pipeline(str(tmp_path / "*.jsonl"), tmp_path / "beam")
+    (tmp_path / "notes.jsonl").write_text(json.dumps({"prompt": "p", "turn_1": "t"}) + "\n")
+    with pytest.raises(PipelineError, match="the source mixes row formats"):
+        run_pipeline(work_dir=tmp_path / "local", source=str(tmp_path / "*.jsonl"))
+    assert not (tmp_path / "beam").exists() and not (tmp_path / "local").exists()

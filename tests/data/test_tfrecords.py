@@ -4,15 +4,13 @@ import os
 import random
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from codeio_jax.data import tfrecords
 from codeio_jax.data.tfrecords import (EXAMPLE_SCHEMA, CorruptRecordError, SchemaError, decode_example,
-                                       decode_row, encode_example, frame, read_records, shard_of,
-                                       write_shards)
+                                       decode_row, encode_example, frame, read_records)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,10 +29,6 @@ def make_row(i, **overrides):
            "turn_2": "", "feedback_2": "", "refcode": "def f(x):\n    return x\n", "funcname": "f",
            "input": {"x": [i, "é", None, 1.5], "nested": {"z": True}}, "output": i, "turns": 1}
     return {**row, **overrides}
-
-
-def shard_rows(path):
-    return [decode_row(data) for data in read_records(path)]
 
 
 # --- CRC-32C ---------------------------------------------------------------------------
@@ -164,64 +158,6 @@ def test_a_missing_field_is_an_error():
 
 
 # --- Shards --------------------------------------------------------------------------
-
-def test_tf_dataset_reads_every_row_of_the_shards(tf, tmp_path):
-    rows = [make_row(i) for i in range(40)]
-    paths = write_shards(rows, tmp_path, "train", 4)
-    assert [p.name for p in paths] == [f"train.tfrecord-{i:05d}-of-00004" for i in range(4)]
-    spec = {"id": tf.io.FixedLenFeature([], tf.string), "turns": tf.io.FixedLenFeature([], tf.int64)}
-    dataset = tf.data.TFRecordDataset([str(p) for p in paths]).map(
-        lambda data: tf.io.parse_single_example(data, spec))
-    read = [(x["id"].numpy().decode(), int(x["turns"].numpy())) for x in dataset]
-    assert sorted(read) == sorted((r["id"], 1) for r in rows)
-
-
-def test_sharding_is_deterministic_complete_and_keeps_order(tmp_path):
-    rows = [make_row(i) for i in range(30)]
-    first = write_shards(rows, tmp_path / "a", "ex", 8)
-    again = write_shards(iter(rows), tmp_path / "b", "ex", 8)
-    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
-    shards = [shard_rows(p) for p in first]
-    assert sorted(r["id"] for shard in shards for r in shard) == sorted(r["id"] for r in rows)
-    for index, shard in enumerate(shards):
-        assert shard == [r for r in rows if shard_of(r["id"], 8) == index]  # input order kept
-    # An empty shard is still written, so the set is complete.
-    empty = write_shards(rows[:1], tmp_path / "c", "ex", 3)
-    assert sorted(p.stat().st_size for p in empty)[:2] == [0, 0]
-    assert sorted(os.listdir(tmp_path / "c")) == [p.name for p in empty]  # no temporaries left
-
-
-def test_a_failed_write_keeps_the_previous_shards(tmp_path):
-    paths = write_shards([make_row(i) for i in range(5)], tmp_path, "ex", 2)
-    before = [p.read_bytes() for p in paths]
-    with pytest.raises(SchemaError, match="row 'rec3:output_prediction:0': field `turns`"):
-        write_shards([make_row(i, turns=None if i == 3 else 1) for i in range(9)], tmp_path, "ex", 2)
-    with pytest.raises(SchemaError, match="row 1: field `id` \\(a str\\) is missing"):
-        write_shards([make_row(0), {"x": 1}], tmp_path, "ex", 2)
-    assert [p.read_bytes() for p in paths] == before
-    assert sorted(os.listdir(tmp_path)) == [p.name for p in paths]
-    with pytest.raises(ValueError, match="num_shards must be a positive int"):
-        write_shards([], tmp_path, "ex", 0)
-
-
-def test_a_killed_writer_leaves_no_shard_under_a_final_name(tmp_path):
-    script = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(ROOT)!r})
-        from codeio_jax.data.tfrecords import write_shards
-        from tests.data.test_tfrecords import make_row
-        def rows():
-            for i in range(200):
-                if i == 150:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                yield make_row(i, prompt="x" * 10_000)
-        write_shards(rows(), {str(tmp_path)!r}, "ex", 4)
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
-    assert result.returncode == -9, result.stderr
-    assert list(tmp_path.glob(".ex.tfrecord*"))  # killed mid-write...
-    assert not list(tmp_path.glob("ex.tfrecord*"))  # ...yet no shard under a final name
-
 
 def test_importing_the_module_does_not_import_tensorflow():
     code = "import sys, codeio_jax.data.tfrecords; print('tensorflow' in sys.modules)"
