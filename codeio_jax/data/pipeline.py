@@ -35,7 +35,7 @@ from codeio_jax.data.determinism import recheck_sandbox
 from codeio_jax.data import decontaminate, dedup, ios, report as quality, stages
 from codeio_jax.data.driver import Result, Summary
 from codeio_jax.data.respond import ChatResponder, Responder, TraceResponder
-from codeio_jax.execution import Limits, Sandbox, SandboxConfig
+from codeio_jax.execution import Limits, ProtectionsMissing, Sandbox, SandboxConfig
 from codeio_jax.records import FIRST_STAGE, count_rows, open_atomic
 from codeio_jax.teachers.trace_capture import COUNTED_EVENTS, DETAIL_EVENTS
 from codeio_jax.teachers.trace_render import MAX_CHARS
@@ -43,6 +43,11 @@ from codeio_jax.teachers.trace_render import MAX_CHARS
 
 class PipelineError(ValueError):
     """A pipeline that cannot run as configured; says what to change."""
+
+
+# What a run needs of the sandbox at the least: no network for the programs it
+# runs, and no way for them to gain privileges.
+REQUIRED_PROTECTIONS = ("network_namespace", "no_new_privs")
 
 
 # A benchmark to keep out of the data: `@Benchmark()` in gin, scoped for several
@@ -168,7 +173,8 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
                  dedup_threshold: float | None = dedup.DEFAULT_THRESHOLD, per_task: int = 3, rounds: int = 1,
                  turn_teachers: Sequence[Any] = (TraceTeacherSpec(),), transform_teacher: Any = None,
                  reveal_expected: bool = False, shards: int = 4, workers: int | None = None,
-                 python: str | None = None, progress: Progress | None = None) -> PipelineReport:
+                 python: str | None = None, require_protections: Sequence[str] = REQUIRED_PROTECTIONS,
+                 progress: Progress | None = None) -> PipelineReport:
     """Run every stage over `source` (default: the embedded corpus) in `work_dir`.
 
     source: a path or a glob of JSONL files (`corpus/*.jsonl`, `**` for any depth).
@@ -189,7 +195,11 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
     rounds: revision rounds after the first turn (CodeI/O: 0; CodeI/O++: 1).
     turn_teachers: who answers turn 1, 2, ...; the last one answers every later turn.
     transform_teacher: a chat teacher for raw code; the trace teacher cannot transform.
-    shards: TFRecord files the examples are spread over (by a hash of their id).
+    shards: files of each kind the examples and the error rows are spread over
+      (by a hash of their id).
+    require_protections: sandbox protections (execution.PROTECTIONS) without
+      which no code runs: the run stops at once here, and on a Beam worker that
+      lacks one every row it gets becomes an error row saying so.
     """
     files = source_files(source)
     if rounds < 0:
@@ -226,13 +236,12 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
         reports.append(StageReport(name, summary, time.perf_counter() - started))
         return dest
 
-    config = SandboxConfig(workers=workers, **({"python": python} if python else {}))
+    config = sandbox_config(workers, python, require_protections)
     usage: dict[str, dict] = {}
     if start == "import":  # released rows are examples already
         examples = step("import", stages.import_file, files, work / "examples.jsonl")
         return _written(work, reports, errors_of, examples, shards, None, usage)
-    with Sandbox(config) as sandbox, (recheck_sandbox(config) if determinism
-                                      else contextlib.nullcontext()) as recheck:
+    with _sandboxes(config, determinism) as (sandbox, recheck):
         current = files
         if start == "transform":
             responder = transform_teacher.build(sandbox, cache)
@@ -279,6 +288,26 @@ def _written(work: Path, reports: list[StageReport], errors_of: dict[str, Path],
 
 
 STARTS = ("transform", "ios", "import")
+
+
+def sandbox_config(workers: int | None, python: str | None, require: Sequence[str]) -> SandboxConfig:
+    try:
+        config = SandboxConfig(workers=workers, require=tuple(require), **({"python": python} if python else {}))
+        config.worker_count()  # a bad count fails here, not on a worker
+    except ValueError as exc:
+        raise PipelineError(f"{exc}; see run_pipeline.workers and run_pipeline.require_protections") from None
+    return config
+
+
+@contextlib.contextmanager
+def _sandboxes(config: SandboxConfig, determinism: bool):
+    """The run's sandbox, and the other world's where determinism wants it."""
+    try:
+        with Sandbox(config) as sandbox, (recheck_sandbox(config) if determinism
+                                          else contextlib.nullcontext()) as recheck:
+            yield sandbox, recheck
+    except ProtectionsMissing as exc:
+        raise PipelineError(f"{exc}: run_pipeline.require_protections") from None
 
 
 def source_files(source: str | Path | None) -> list[str]:

@@ -3,9 +3,10 @@
 from codeio_jax.execution.checks import (
     FAILED, MEMORY, PASSED, SKIPPED, TIMEOUT, Check, Limits, Outcome, skipped,
 )
-from codeio_jax.execution.pool import Sandbox, SandboxConfig, SandboxError
+from codeio_jax.execution.pool import PROTECTIONS, ProtectionsMissing, Sandbox, SandboxConfig, SandboxError
 
 __all__ = [
-    "Check", "FAILED", "Limits", "MEMORY", "Outcome", "PASSED", "SKIPPED", "Sandbox",
+    "Check", "FAILED", "Limits", "MEMORY", "Outcome", "PASSED", "PROTECTIONS", "ProtectionsMissing", "SKIPPED",
+    "Sandbox",
     "SandboxConfig", "SandboxError", "TIMEOUT", "skipped",
 ]

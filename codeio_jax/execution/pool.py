@@ -17,6 +17,7 @@ import os
 import queue
 import secrets
 import select
+import socket
 import shutil
 import signal
 import struct
@@ -43,6 +44,15 @@ class SandboxError(RuntimeError):
     """The sandbox itself could not start or broke (not a check's failure)."""
 
 
+class ProtectionsMissing(SandboxError):
+    """The kernel would not grant a protection the configuration requires."""
+
+
+# What a slot reports it was granted (slot_isolation.py); each one `require` may name.
+PROTECTIONS = ("network_namespace", "mount_namespace", "pid_namespace", "ipc_namespace", "user_namespace",
+               "read_only_root", "scratch_tmpfs", "no_new_privs", "unprivileged_uid", "process_group")
+
+
 @dataclasses.dataclass(frozen=True)
 class SandboxConfig:
     """How the pool runs.
@@ -58,6 +68,8 @@ class SandboxConfig:
       isolate itself) before the sandbox gives up with an error.
     hash_seed: PYTHONHASHSEED of the slots: fixed, so set order of strings is the
       same on every run; another value is another world (data/determinism.py).
+    require: protections (PROTECTIONS) without which the sandbox refuses to
+      start (ProtectionsMissing) rather than run programs with less.
     """
 
     workers: int | None = None
@@ -69,6 +81,12 @@ class SandboxConfig:
     scratch_mb: int = 64
     start_timeout_s: float = 30.0
     hash_seed: int = 0
+    require: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = sorted(set(self.require) - set(PROTECTIONS))
+        if unknown:
+            raise ValueError(f"unknown protections {unknown}: the sandbox knows {list(PROTECTIONS)}")
 
     def worker_count(self) -> int:
         if self.workers is not None:
@@ -221,6 +239,7 @@ class Sandbox:
                 slot.start()
             for slot in self._slots:
                 slot.handshake()
+            self._check_required()
         except BaseException:
             self._stop_slots()
             raise
@@ -229,6 +248,16 @@ class Sandbox:
                                       name=f"sandbox-slot-{slot.index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _check_required(self) -> None:
+        missing = sorted({name for slot in self._slots for name in self.config.require
+                          if slot.protections.get(name) in (None, False, [], "")})
+        if missing:
+            raise ProtectionsMissing(
+                f"the sandbox on {socket.gethostname()} could not get {', '.join(missing)} (required): "
+                "`codeio-jax sandbox-check` there shows what the kernel grants; run the workers where "
+                "these namespaces are allowed (README: workers that can run the sandbox), or drop them "
+                "from the requirement knowingly")
 
     @property
     def protections(self) -> dict:

@@ -170,3 +170,30 @@ def test_bad_sources_and_settings_fail_before_the_job_starts(tmp_path):
     with pytest.raises(PipelineError, match="the source mixes row formats"):
         run_pipeline(work_dir=tmp_path / "local", source=str(tmp_path / "*.jsonl"))
     assert not (tmp_path / "beam").exists() and not (tmp_path / "local").exists()
+
+
+def withheld_protection():
+    from codeio_jax.execution import PROTECTIONS, Sandbox, SandboxConfig
+
+    with Sandbox(SandboxConfig(workers=1)) as box:
+        granted = box.protections
+    missing = [name for name in PROTECTIONS if granted.get(name) in (None, False, [], "")]
+    if not missing:
+        pytest.skip("this kernel grants every protection: none to withhold")
+    return missing[0]
+
+
+def test_a_worker_without_the_required_protections_runs_no_code_and_says_so(tmp_path):
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(corpus_lines(5)))
+    withheld = withheld_protection()
+    counts = run_beam_pipeline(source, tmp_path / "beam", require_protections=(withheld,),
+                               beam_args=TWO_PROCESSES)
+    assert counts == {"records": 5, "examples": 0, "errors": 5}
+    errors = error_rows(tmp_path / "beam")
+    assert {row["stage"] for row in errors} == {"ios"}
+    assert all(f"could not get {withheld} (required)" in row["error"] for row in errors)
+    with pytest.raises(PipelineError, match=f"could not get {withheld} \\(required\\).*require_protections"):
+        run_pipeline(work_dir=tmp_path / "local", source=source, require_protections=(withheld,))
+    with pytest.raises(PipelineError, match="unknown protections"):
+        run_beam_pipeline(source, tmp_path / "beam", require_protections=("networking",))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from codeio_jax.execution import Check, Limits, Sandbox, SandboxConfig, SandboxError
+from codeio_jax.execution import Check, Limits, ProtectionsMissing, Sandbox, SandboxConfig, SandboxError
 
 
 def test_a_slot_that_never_starts_is_an_error(tmp_path):
@@ -66,3 +66,13 @@ def test_any_string_survives_the_trip(sandbox):
     assert outcome.status == "passed", outcome
     assert outcome.value == ["\ud800", "café", "\x00"]
     assert outcome.stdout.startswith("café ")
+
+
+def test_a_required_protection_the_kernel_withholds_stops_the_sandbox():
+    # With namespaces off, no slot has a network namespace: requiring one refuses to start.
+    with pytest.raises(ProtectionsMissing, match="could not get network_namespace \\(required\\)"):
+        Sandbox(SandboxConfig(workers=1, namespaces=False, require=("network_namespace", "no_new_privs")))
+    with Sandbox(SandboxConfig(workers=1, namespaces=False, require=("no_new_privs",))) as box:
+        assert box.run(Check("x = 1")).status == "passed"
+    with pytest.raises(ValueError, match="unknown protections \\['network'\\]"):
+        SandboxConfig(require=("network",))
