@@ -22,9 +22,9 @@ setup(
         "numpy==2.4.6",
         "tqdm==4.70.1",
         "gin-config==0.5.0",
-        "google-crc32c==1.9.0",
+        "google-crc32c==1.9.0",  # TFRecord checksums in C (a pure-Python fallback is 1000x slower)
         "datasketch==2.0.0",  # MinHash and LSH for deduplication (data/dedup.py)
-        "scipy==1.17.1",  # datasketch's (and jax's) dependency, pinned  # TFRecord checksums in C (a pure-Python fallback is 1000x slower)
+        "scipy==1.17.1",  # datasketch's (and jax's) dependency, pinned
         # The models, the sampler and the trainer (imported only by the commands that use them).
         "jax==0.10.2",
         "flax==0.12.8",

@@ -9,7 +9,6 @@ Sandboxes and teachers cannot be pickled, so each DoFn instance builds its own i
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
@@ -217,7 +216,7 @@ class Respond(SandboxDoFn):
         self._responder: Any = None
 
     def ready(self) -> None:
-        self._responder = self._spec.build(self._sandbox, Path(self._cache_dir))
+        self._responder = self._spec.build(self._sandbox, self._cache_dir)
 
     def teardown(self) -> None:
         if self._responder is not None:
@@ -275,7 +274,7 @@ class Transform(beam.DoFn):
         self._responder: Any = None
 
     def setup(self) -> None:
-        self._responder = self._spec.build(None, Path(self._cache_dir))
+        self._responder = self._spec.build(None, self._cache_dir)
 
     def teardown(self) -> None:
         if self._responder is not None:

@@ -86,7 +86,7 @@ class TraceTeacherSpec:
     detail_events: int = DETAIL_EVENTS
     counted_events: int = COUNTED_EVENTS
 
-    def build(self, sandbox: Sandbox, cache_dir: Path) -> Responder:
+    def build(self, sandbox: Sandbox, cache_dir: str | Path) -> Responder:
         from codeio_jax.teachers.trace import TraceTeacher
 
         return TraceResponder(TraceTeacher(sandbox, Limits(timeout_s=self.timeout_s), self.max_chars,
@@ -108,7 +108,7 @@ class ChatTeacherSpec:
     max_retries: int = 6
     params: tuple = ()  # sampling parameters as (name, value) pairs: part of the cache key
 
-    def build(self, sandbox: Sandbox, cache_dir: Path) -> Responder:
+    def build(self, sandbox: Sandbox, cache_dir: str | Path) -> Responder:
         from codeio_jax.teachers.openai_compatible import OpenAICompatibleTeacher
 
         teacher = OpenAICompatibleTeacher(
@@ -134,7 +134,7 @@ class LocalTeacherSpec:
     temperature: float = 0.0
     batch_size: int = 8
 
-    def build(self, sandbox: Sandbox, cache_dir: Path) -> Responder:
+    def build(self, sandbox: Sandbox, cache_dir: str | Path) -> Responder:
         from codeio_jax.teachers.local import LocalTeacher
 
         teacher = LocalTeacher(self.model, family=self.family, max_new_tokens=self.max_new_tokens,

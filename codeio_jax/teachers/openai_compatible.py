@@ -34,11 +34,15 @@ class TeacherError(ValueError):
 
 
 class ResponseCache:
-    """One JSON file per reply under `root`, written atomically."""
+    """One JSON file per reply under `root`, written atomically. `root` may be
+    on any filesystem Beam knows (`gs://...`), so the workers of a Beam
+    pipeline share one cache: there an object appears whole when written."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = str(root).rstrip("/")
+        self._remote = "://" in self.root
+        if not self._remote:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
 
     @staticmethod
     def key(model: str, messages: Sequence[Message], params: dict) -> str:
@@ -46,18 +50,31 @@ class ResponseCache:
                           sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key[:2]}/{key}.json"
+
     def get(self, key: str) -> dict | None:
-        path = self.root / key[:2] / f"{key}.json"
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
+            if self._remote:
+                from apache_beam.io.filesystems import FileSystems
+
+                with FileSystems.open(self._path(key)) as f:
+                    return json.loads(f.read().decode("utf-8"))
+            return json.loads(Path(self._path(key)).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # Beam's "not found" is an IOError too
             return None  # a torn or missing entry is a miss, never an error
 
     def put(self, key: str, entry: dict) -> None:
-        folder = self.root / key[:2]
-        folder.mkdir(exist_ok=True)
-        with open_atomic(folder / f"{key}.json") as f:
-            f.write(json.dumps(entry, ensure_ascii=False))
+        text = json.dumps(entry, ensure_ascii=False)
+        if self._remote:
+            from apache_beam.io.filesystems import FileSystems
+
+            with FileSystems.create(self._path(key)) as f:
+                f.write(text.encode("utf-8"))
+            return
+        Path(self._path(key)).parent.mkdir(exist_ok=True)
+        with open_atomic(self._path(key)) as f:
+            f.write(text)
 
 
 class OpenAICompatibleTeacher:

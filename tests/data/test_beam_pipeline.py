@@ -197,3 +197,38 @@ def test_a_worker_without_the_required_protections_runs_no_code_and_says_so(tmp_
         run_pipeline(work_dir=tmp_path / "local", source=source, require_protections=(withheld,))
     with pytest.raises(PipelineError, match="unknown protections"):
         run_beam_pipeline(source, tmp_path / "beam", require_protections=("networking",))
+
+
+def test_a_remote_source_work_folder_and_teacher_cache(tmp_path, monkeypatch):
+    # `mirror://` stands for gs://: a path pathlib would mangle, on a filesystem
+    # Beam reaches by its scheme (tests/data/mirror_filesystem.py).
+    from tests.data import mirror_filesystem
+
+    monkeypatch.setenv("MIRROR_FILESYSTEM_ROOT", str(tmp_path / "bucket"))
+    (tmp_path / "bucket" / "corpus").mkdir(parents=True)
+    raw = [json.dumps({"blob_id": f"b{i}", "content": f"def total_{i}(n):\n    return n * {i}\n"}) for i in range(3)]
+    (tmp_path / "bucket" / "corpus" / "raw-0.jsonl").write_text("\n".join(raw[:2]) + "\n")
+    (tmp_path / "bucket" / "corpus" / "raw-1.jsonl").write_text(raw[2] + "\n" + json.dumps({"blob_id": "b9"}) + "\n")
+    (tmp_path / "local-corpus").mkdir()
+    for name in ("raw-0.jsonl", "raw-1.jsonl"):
+        (tmp_path / "local-corpus" / name).write_bytes((tmp_path / "bucket" / "corpus" / name).read_bytes())
+    with ChatServer(answer=lambda messages: TRANSFORM_REPLY) as server:
+        spec = ChatTeacherSpec(base_url=server.base_url, model="m", api_key_env=None)
+        settings = dict(transform_teacher=spec, per_task=1, rounds=0)
+        run_pipeline(work_dir=tmp_path / "local", source=str(tmp_path / "local-corpus" / "*.jsonl"), workers=2,
+                     **settings)
+        asked = server.hits
+        counts = run_beam_pipeline(f"{mirror_filesystem.PREFIX}corpus/*.jsonl",
+                                   f"{mirror_filesystem.PREFIX}runs/pp", **settings)
+        assert server.hits == 2 * asked  # a cache of its own, on the remote filesystem
+        run_beam_pipeline(f"{mirror_filesystem.PREFIX}corpus/*.jsonl", f"{mirror_filesystem.PREFIX}runs/again",
+                          cache_dir=f"{mirror_filesystem.PREFIX}runs/pp/teacher_cache", **settings)
+        assert server.hits == 2 * asked  # the workers found every reply in the shared cache
+    # One program for every file (the teacher's one reply): dedup keeps b0's.
+    assert counts == {"records": 4, "examples": 2, "errors": 3}
+    beam = tmp_path / "bucket" / "runs" / "pp"
+    assert shard_files(beam) == shard_files(tmp_path / "local")
+    assert sorted((row["stage"], row["id"] or "") for row in error_rows(beam)) == [
+        ("dedup", "b1"), ("dedup", "b2"), ("transform", "")]
+    assert list((beam / "teacher_cache").rglob("*.json"))
+    assert not [path.name for path in beam.iterdir() if path.name.startswith(".scratch")]
