@@ -93,25 +93,47 @@ def _in_global_window(value: Any) -> WindowedValue:
 
 
 class _Spill(beam.DoFn):
-    def __init__(self, shard_set: shards.ShardSet, scratch: str, run_bytes: int):
-        self._set, self._scratch, self._run_bytes = shard_set, scratch, run_bytes
+    """(shard, key, text) entries to sorted runs in `scratch`; out go (shard, run path)."""
+
+    def __init__(self, name: str, scratch: str, run_bytes: int):
+        self._name, self._scratch, self._run_bytes = name, scratch, run_bytes
         self._spiller: shards.Spiller | None = None
 
     def start_bundle(self) -> None:
-        self._spiller = shards.Spiller(self._set, self._scratch, BeamFiles(), self._run_bytes)
+        self._spiller = shards.Spiller(self._name, self._scratch, BeamFiles(), self._run_bytes)
 
-    def process(self, row: dict) -> Iterator[tuple[int, str]]:
-        yield from self._spiller.add(row)
+    def process(self, entry: tuple[int, str, bytes]) -> Iterator[tuple[int, str]]:
+        yield from self._spiller.add(*entry)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         for run in self._spiller.flush():
             yield _in_global_window(run)
 
 
-def _merge(item: tuple[int, Any], shard_set: shards.ShardSet, scratch: str) -> tuple[int, dict, dict]:
+class SortedRuns(beam.PTransform):
+    """(shard, key, text) entries into sorted runs on the filesystem, grouped:
+    out go (shard, [run paths]), every shard of `count` included. Only names
+    cross the shuffle, so neither the runner nor a worker holds the entries."""
+
+    def __init__(self, name: str, count: int, scratch: str, run_bytes: int = shards.RUN_BYTES):
+        super().__init__()
+        self._name, self._count, self._scratch, self._run_bytes = name, count, scratch, run_bytes
+
+    def expand(self, entries):
+        runs = entries | "Spill" >> beam.ParDo(_Spill(self._name, self._scratch, self._run_bytes))
+        every = entries.pipeline | "EveryShard" >> beam.Create([(shard, None) for shard in range(self._count)])
+        return ((runs, every) | "AllRuns" >> beam.Flatten() | "RunsByShard" >> beam.GroupByKey()
+                | "Paths" >> beam.MapTuple(lambda shard, paths: (shard, sorted(p for p in paths if p is not None))))
+
+
+def read_runs(item: tuple[int, list[str]]) -> Iterator[tuple[str, bytes]]:
+    """The entries of a shard's runs, in key order."""
+    yield from shards.merged(BeamFiles(), item[1])
+
+
+def _merge(item: tuple[int, list[str]], shard_set: shards.ShardSet, scratch: str) -> tuple[int, dict, dict]:
     shard, runs = item
-    counts, temps = shards.merge_shard(shard_set, shard, [run for run in runs if run is not None], scratch,
-                                       BeamFiles())
+    counts, temps = shards.merge_shard(shard_set, shard, runs, scratch, BeamFiles())
     return shard, counts, temps
 
 
@@ -135,12 +157,9 @@ class WriteShards(beam.PTransform):
 
     def expand(self, rows):
         name = self._set.name
-        runs = rows | f"Spill{name}" >> beam.ParDo(_Spill(self._set, self._scratch, self._run_bytes))
-        # Every shard is merged, the empty ones too, so the set is always whole.
-        every = rows.pipeline | f"Every{name}" >> beam.Create([(shard, None) for shard in range(self._set.count)])
-        return ((runs, every)
-                | f"AllRuns{name}" >> beam.Flatten()
-                | f"RunsByShard{name}" >> beam.GroupByKey()
+        return (rows
+                | f"Key{name}" >> beam.Map(self._set.keyed)
+                | f"Runs{name}" >> SortedRuns(name, self._set.count, self._scratch, self._run_bytes)
                 | f"Merge{name}" >> beam.Map(_merge, self._set, self._scratch)
                 | f"Merged{name}" >> beam.combiners.ToList()  # one small entry per shard
                 | f"Commit{name}" >> beam.Map(_commit, self._set, self._scratch))

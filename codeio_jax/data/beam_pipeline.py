@@ -44,10 +44,10 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from codeio_jax.data import decontaminate, dedup, ios
 from codeio_jax.data import shards as sharding
-from codeio_jax.data.beam_io import ReadSource, WriteShards
-from codeio_jax.data.beam_stages import (ERRORS, NAMESPACE, SIGNATURES, Decontaminate, Dedup, IOs, Parse, Prompts,
-                                         Respond, Sign, Transform, Verify, assemble, bucket_links, bucketed, import_row,
-                                         to_record)
+from codeio_jax.data.beam_io import BeamFiles, ReadSource, SortedRuns, WriteShards
+from codeio_jax.data.beam_stages import (BUCKET_SHARDS, ERRORS, NAMESPACE, SIGNATURES, Decontaminate, Dedup, IOs,
+                                         Parse, Prompts, Respond, Sign, Transform, Verify, assemble, bucket_links,
+                                         import_row, to_record, waiting_records)
 from codeio_jax.data.pipeline import (REQUIRED_PROTECTIONS, STARTS, ChatTeacherSpec, PipelineError,
                                       TraceTeacherSpec, benchmarks_of, dedup_settings_of, first_stage,
                                       sandbox_config, source_files)
@@ -140,7 +140,8 @@ def run_beam_pipeline(source: str | Path | None, out_dir: str | Path, *, start: 
             errors.append(readable[ERRORS])
             records = readable.rows
         examples = _predictions(records, errors, batched, config, settings, index, dedup_settings, seed, per_task,
-                                rounds, turn_teachers, cache_dir, reveal_expected, ios_timeout_s)
+                                rounds, turn_teachers, cache_dir, reveal_expected, ios_timeout_s,
+                                sharding.join(out_dir, ".scratch-dedup"))
     example_counts = examples | "WriteExamples" >> WriteShards(
         example_shards, sharding.join(out_dir, ".scratch-examples"))
     error_counts = (errors | "AllErrors" >> beam.Flatten()
@@ -151,14 +152,18 @@ def run_beam_pipeline(source: str | Path | None, out_dir: str | Path, *, start: 
     state = result.wait_until_finish()
     if state != PipelineState.DONE:
         raise PipelineError(f"the Beam pipeline ended in state {state}")
+    BeamFiles().delete([sharding.join(out_dir, ".scratch-dedup")])  # the records and buckets read back
     with FileSystems.open(example_shards.counts_path()) as f:
         counts = json.loads(f.read())
     return {"records": _counter(result, "records"), "examples": counts["examples"], "errors": counts["errors"]}
 
 
+RECORD_SHARDS = 16  # sorted runs of the records waiting for the dedup decision
+
+
 def _predictions(records, errors: list, batched, config: SandboxConfig, settings, index,
-                 dedup_settings, seed: int, per_task: int, rounds: int,
-                 turn_teachers: Sequence[Any], cache_dir: str, reveal_expected: bool, ios_timeout_s: float):
+                 dedup_settings, seed: int, per_task: int, rounds: int, turn_teachers: Sequence[Any],
+                 cache_dir: str, reveal_expected: bool, ios_timeout_s: float, scratch: str):
     """Unified records to assembled examples: ios through assemble."""
     found = batched("IOs", records) | "IOs" >> beam.ParDo(IOs(config, settings)).with_outputs(
         ERRORS, main="rows")
@@ -169,14 +174,19 @@ def _predictions(records, errors: list, batched, config: SandboxConfig, settings
         errors.append(clean[ERRORS])
         records = clean.rows
     if dedup_settings is not None:
-        signed = records | "Sign" >> beam.ParDo(Sign(dedup_settings)).with_outputs(ERRORS, SIGNATURES, main="rows")
+        # The decision needs every record's signature before any record passes:
+        # the records wait on the filesystem, not in the runner or a worker.
+        signed = records | "Sign" >> beam.ParDo(Sign(dedup_settings, RECORD_SHARDS)).with_outputs(
+            ERRORS, SIGNATURES, main="rows")
         errors.append(signed[ERRORS])
         links = (signed[SIGNATURES]
-                 | "Buckets" >> beam.FlatMap(bucketed, dedup_settings)
-                 | "GroupBuckets" >> beam.GroupByKey()
+                 | "Buckets" >> SortedRuns("dedup-buckets", BUCKET_SHARDS, sharding.join(scratch, "buckets"))
                  | "Links" >> beam.FlatMap(bucket_links, dedup_settings)
                  | "Earliest" >> beam.CombinePerKey(dedup.earliest))
-        unique = signed.rows | "Dedup" >> beam.ParDo(Dedup(dedup_settings), beam.pvalue.AsDict(links)).with_outputs(
+        waiting = (signed.rows
+                   | "Wait" >> SortedRuns("dedup-records", RECORD_SHARDS, sharding.join(scratch, "records"))
+                   | "ReadBack" >> beam.FlatMap(waiting_records))
+        unique = waiting | "Dedup" >> beam.ParDo(Dedup(dedup_settings), beam.pvalue.AsDict(links)).with_outputs(
             ERRORS, main="rows")
         errors.append(unique[ERRORS])
         records = unique.rows

@@ -9,13 +9,14 @@ Sandboxes and teachers cannot be pickled, so each DoFn instance builds its own i
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from codeio_jax.data import decontaminate, dedup, ios, predictions, stages
+from codeio_jax.data.beam_io import read_runs
 from codeio_jax.data.determinism import recheck_sandbox
 from codeio_jax.data.pipeline import ChatTeacherSpec
 from codeio_jax.execution import ProtectionsMissing, Sandbox, SandboxConfig
@@ -143,11 +144,12 @@ class Decontaminate(beam.DoFn):
 
 
 class Sign(beam.DoFn):
-    """A record's dedup signature to the side, the record on, keyed by it; a
+    """A record's dedup signature to the side as its bucket entries, the record
+    on as an entry of its own (both for sorted runs: beam_io.SortedRuns); a
     record that cannot be compared is the local stage's error row."""
 
-    def __init__(self, settings: dedup.Settings):
-        self._settings = settings
+    def __init__(self, settings: dedup.Settings, record_shards: int):
+        self._settings, self._record_shards = settings, record_shards
 
     def process(self, item: tuple[int, dict]) -> Iterator[Any]:
         line, row = item
@@ -157,16 +159,34 @@ class Sign(beam.DoFn):
             failed = stages.deduplicated(line, row, None, {}, self._settings, str(exc))
             yield TaggedOutput(ERRORS, failed.rows[0])
             return
-        yield TaggedOutput(SIGNATURES, sig)
-        yield line, (row, sig)
+        for key, text in dedup.bucket_entries(sig, self._settings):
+            yield TaggedOutput(SIGNATURES, (int(key[:8], 16) % BUCKET_SHARDS, key, text))
+        waiting = json.dumps([line, list(sig.key), row], ensure_ascii=False).encode("utf-8", "surrogatepass")
+        yield line % self._record_shards, f"{line:020d}", waiting
 
 
-def bucketed(sig: dedup.Signature, settings: dedup.Settings) -> Iterator[tuple[bytes, dedup.Signature]]:
-    return ((bucket, sig) for bucket in dedup.buckets(sig, settings))
+BUCKET_SHARDS = 16  # sorted runs of bucket entries, each merged by one worker
 
 
-def bucket_links(bucket: tuple[bytes, Iterable[dedup.Signature]], settings: dedup.Settings) -> Iterator[tuple]:
-    return ((link.dropped, link) for link in dedup.links_in(bucket[1], settings))
+def bucket_links(item: tuple[int, list[str]], settings: dedup.Settings) -> Iterator[tuple]:
+    """The links of every bucket in one shard of bucket runs: one bucket's
+    signatures in memory at a time."""
+    members: list[dedup.Signature] = []
+    current = None
+    for key, text in read_runs(item):
+        bucket = dedup.bucket_of(key)
+        if bucket != current:
+            yield from ((link.dropped, link) for link in dedup.links_in(members, settings))
+            members, current = [], bucket
+        members.append(dedup.signature_from_text(text))
+    yield from ((link.dropped, link) for link in dedup.links_in(members, settings))
+
+
+def waiting_records(item: tuple[int, list[str]]) -> Iterator[tuple[int, dict, tuple]]:
+    """The records Sign set aside, read back once the decision is made."""
+    for _, text in read_runs(item):
+        line, key, row = json.loads(text)
+        yield line, row, (key[0], key[1], key[2])
 
 
 class Dedup(beam.DoFn):
@@ -177,9 +197,9 @@ class Dedup(beam.DoFn):
     def __init__(self, settings: dedup.Settings):
         self._settings = settings
 
-    def process(self, item: tuple[int, tuple[dict, dedup.Signature]], dropped: dict) -> Iterator[Any]:
-        line, (row, sig) = item
-        result = stages.deduplicated(line, row, sig, dropped, self._settings)
+    def process(self, item: tuple[int, dict, tuple], dropped: dict) -> Iterator[Any]:
+        line, row, key = item
+        result = stages.deduplicated(line, row, key, dropped, self._settings)
         if result.ok:
             yield line, row
         else:

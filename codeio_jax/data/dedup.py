@@ -19,11 +19,13 @@ that nothing earlier copies). Where copies chain (A~B, B~C, A not ~C), B and
 C both go, as connected components would have it; C's row says so.
 
 The same functions serve the local stage (stages.dedup_file) and Beam
-(beam_pipeline.py: group by bucket, keep each record's earliest copy).
+(beam_pipeline.py: bucket entries sorted on the filesystem, each bucket's
+links, each record's earliest copy).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import hashlib
@@ -117,6 +119,32 @@ def buckets(sig: Signature, settings: Settings) -> Iterator[bytes]:
     values = sig.minhash.hashvalues
     for band, (start, end) in enumerate(settings.bands):
         yield b"b%d:" % band + hashlib.blake2b(values[start:end].tobytes(), digest_size=12).digest()
+
+
+def bucket_entries(sig: Signature, settings: Settings) -> Iterator[tuple[str, bytes]]:
+    """(sort key, text) per bucket the record falls in, for a sorted run
+    (shards.Spiller): a bucket's entries sort together, under its hex digest."""
+    text = json.dumps({"key": list(sig.key), "exact": sig.exact.hex(), "scheme": sig.minhash.scheme,
+                       "dtype": sig.minhash.hashvalues.dtype.str,
+                       "minhash": base64.b64encode(sig.minhash.hashvalues.tobytes()).decode("ascii")}).encode()
+    for bucket in buckets(sig, settings):
+        yield bucket.hex() + "|" + json.dumps(list(sig.key)), text
+
+
+def bucket_of(entry_key: str) -> str:
+    return entry_key.split("|", 1)[0]
+
+
+def signature_from_text(text: bytes) -> Signature:
+    """A signature as bucket_entries wrote it."""
+    import numpy as np
+    from datasketch import LeanMinHash
+
+    found = json.loads(text)
+    values = np.frombuffer(base64.b64decode(found["minhash"]), dtype=np.dtype(found["dtype"]))
+    key = found["key"]
+    return Signature((key[0], key[1], key[2]), bytes.fromhex(found["exact"]),
+                     LeanMinHash(seed=_MINHASH_SEED, hashvalues=values, scheme=found["scheme"]))
 
 
 def links_in(bucket: Iterable[Signature], settings: Settings) -> Iterator[Link]:

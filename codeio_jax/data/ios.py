@@ -209,12 +209,14 @@ def run_file(source: str | Path, dest: str | Path, errors_dest: str | Path, sand
     run = run_resumable(dest, errors_dest, fingerprint(source, STAGE, settings), results_from, report)
     summary = IOSummary(resumed_at=run.resumed_at, already_done=run.already_done)
     reasons: collections.Counter = collections.Counter()
-    for line in Path(dest).read_text(encoding="utf-8").splitlines():
-        summary.kept += 1
-        summary.pairs += len(json.loads(line)["ios"])
-    for line in Path(errors_dest).read_text(encoding="utf-8").splitlines():
-        summary.errors += 1
-        reasons[reason_kind(json.loads(line)["error"])] += 1
+    with open(dest, encoding="utf-8") as f:  # a line at a time: the file grows with the corpus
+        for line in f:
+            summary.kept += 1
+            summary.pairs += len(json.loads(line)["ios"])
+    with open(errors_dest, encoding="utf-8") as f:
+        for line in f:
+            summary.errors += 1
+            reasons[reason_kind(json.loads(line)["error"])] += 1
     summary.records = summary.kept + summary.errors
     summary.error_reasons = dict(reasons.most_common())
     return summary

@@ -102,20 +102,26 @@ def percentiles(values: list[int]) -> dict | None:
     return {"p10": at(0.1), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": ordered[-1]}
 
 
-def samples(examples: Iterable[dict], per_task: int = SAMPLES) -> dict[str, list[dict]]:
-    """`per_task` examples of each task, evenly spaced over the ids (not the first ten)."""
-    by_task: dict[str, list[dict]] = {}
-    for example in examples:
-        by_task.setdefault(example.get("task", "?"), []).append(example)
-    chosen = {}
-    for task, rows in sorted(by_task.items()):
-        rows.sort(key=lambda row: row.get("id", ""))
-        step = max(len(rows) / per_task, 1.0)
-        picked = [rows[int(i * step)] for i in range(min(per_task, len(rows)))]
-        chosen[task] = [{"id": row.get("id"), "status": row.get("status"), "prompt": row.get("prompt", ""),
-                         "turn_1": row.get("turn_1", ""), "feedback_1": row.get("feedback_1", ""),
-                         "turn_2": row.get("turn_2", "")} for row in picked]
-    return chosen
+def samples(examples: Path, per_task: int = SAMPLES) -> dict[str, list[dict]]:
+    """`per_task` examples of each task, evenly spaced over the ids (not the
+    first ten). Two passes over the file, holding ids only, not the examples."""
+    ids: dict[str, list[str]] = {}
+    for example in read_rows(examples):
+        ids.setdefault(example.get("task", "?"), []).append(str(example.get("id", "")))
+    picked_ids: dict[str, list[str]] = {}
+    for task, found in ids.items():
+        found.sort()
+        step = max(len(found) / per_task, 1.0)
+        picked_ids[task] = [found[int(i * step)] for i in range(min(per_task, len(found)))]
+    wanted = {(task, row_id) for task, chosen in picked_ids.items() for row_id in chosen}
+    rows: dict[tuple[str, str], dict] = {}
+    for example in read_rows(examples):
+        key = (example.get("task", "?"), str(example.get("id", "")))
+        if key in wanted and key not in rows:
+            rows[key] = {"id": example.get("id"), "status": example.get("status"),
+                         "prompt": example.get("prompt", ""), "turn_1": example.get("turn_1", ""),
+                         "feedback_1": example.get("feedback_1", ""), "turn_2": example.get("turn_2", "")}
+    return {task: [rows[(task, row_id)] for row_id in chosen] for task, chosen in sorted(picked_ids.items())}
 
 
 def build(stages: Sequence[Any], errors_of: dict[str, Path], verdicts: Path | None, examples: Path,
@@ -124,7 +130,7 @@ def build(stages: Sequence[Any], errors_of: dict[str, Path], verdicts: Path | No
     return {"stages": table,
             "records": _record_counts(table),
             "tasks": turn_figures(read_rows(verdicts)) if verdicts is not None and verdicts.exists() else {},
-            "samples": samples(read_rows(examples)) if examples.exists() else {},
+            "samples": samples(examples) if examples.exists() else {},
             **(extra or {})}
 
 

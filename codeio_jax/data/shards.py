@@ -36,7 +36,7 @@ from codeio_jax.data import tfrecords
 EXAMPLES = "codeio_examples"  # the prefix the SeqIO tasks read (tasks/codeio.py)
 ERRORS = "codeio_errors"
 FORMATS = ("tfrecord", "jsonl")
-RUN_BYTES = 32 << 20
+RUN_BYTES = 8 << 20  # a worker holds one such buffer per set it writes
 FAN_IN = 64  # runs merged at once: open files, and one buffered row each
 
 
@@ -132,17 +132,18 @@ class ShardSet:
 
 
 class Spiller:
-    """Buffers keyed rows and writes each shard's share as a sorted run when
-    the buffer is full (`add`) or on `flush`; both return the runs written, as
-    (shard, path)."""
+    """Buffers (shard, key, text) entries and writes each shard's share as a
+    run sorted by key when the buffer is full (`add`) or on `flush`; both
+    return the runs written, as (shard, path). Any data a worker must hand on
+    without holding it (shard rows, dedup buckets, records waiting for a
+    decision) goes through here."""
 
-    def __init__(self, shard_set: ShardSet, scratch: str, files: Files, run_bytes: int = RUN_BYTES):
-        self._set, self._scratch, self._files, self._run_bytes = shard_set, scratch, files, run_bytes
+    def __init__(self, name: str, scratch: str, files: Files, run_bytes: int = RUN_BYTES):
+        self._name, self._scratch, self._files, self._run_bytes = name, scratch, files, run_bytes
         self._buffer: dict[int, list[tuple[str, bytes]]] = {}
         self._size = 0
 
-    def add(self, row: dict) -> list[tuple[int, str]]:
-        shard, key, text = self._set.keyed(row)
+    def add(self, shard: int, key: str, text: bytes) -> list[tuple[int, str]]:
         self._buffer.setdefault(shard, []).append((key, text))
         self._size += len(key) + len(text) + 2
         return self.flush() if self._size >= self._run_bytes else []
@@ -151,14 +152,13 @@ class Spiller:
         runs = []
         for shard, entries in sorted(self._buffer.items()):
             entries.sort()
-            runs.append((shard, write_run(self._files, run_path(self._files, self._scratch, self._set, shard),
-                                          entries)))
+            runs.append((shard, write_run(self._files, run_path(self._scratch, self._name, shard), entries)))
         self._buffer, self._size = {}, 0
         return runs
 
 
-def run_path(files: Files, scratch: str, shard_set: ShardSet, shard: int) -> str:
-    return join(scratch, f"{shard_set.name}-{shard:05d}-{uuid.uuid4().hex}.run")
+def run_path(scratch: str, name: str, shard: int) -> str:
+    return join(scratch, f"{name}-{shard:05d}-{uuid.uuid4().hex}.run")
 
 
 def write_run(files: Files, path: str, entries: Iterable[tuple[str, bytes]]) -> str:
@@ -175,7 +175,8 @@ def _read_run(files: Files, path: str) -> Iterator[tuple[str, bytes]]:
             yield key.decode("ascii"), text
 
 
-def _merged(files: Files, runs: list[str]) -> Iterator[tuple[str, bytes]]:
+def merged(files: Files, runs: list[str]) -> Iterator[tuple[str, bytes]]:
+    """The entries of sorted runs, merged in key order."""
     with contextlib.ExitStack() as stack:
         streams = [stack.enter_context(contextlib.closing(_read_run(files, path))) for path in runs]
         yield from heapq.merge(*streams, key=lambda entry: entry[0])
@@ -189,18 +190,18 @@ def merge_shard(shard_set: ShardSet, shard: int, runs: list[str], scratch: str, 
     fan_in = fan_in or FAN_IN
     runs = sorted(runs)  # the order runs are merged in never shows: equal keys are equal rows
     while len(runs) > fan_in:  # a pass of merges to fewer, longer runs
-        merged = []
+        longer = []
         for start in range(0, len(runs), fan_in):
             group = runs[start:start + fan_in]
-            merged.append(write_run(files, run_path(files, scratch, shard_set, shard), _merged(files, group)))
+            longer.append(write_run(files, run_path(scratch, shard_set.name, shard), merged(files, group)))
             files.delete(group)
-        runs = merged
+        runs = longer
     finals = {fmt: shard_set.path(fmt, shard) for fmt in shard_set.formats}
     temps = {fmt: _temp_name(path) for fmt, path in finals.items()}
     counts = Counts()
     outputs = {fmt: files.create(temp) for fmt, temp in temps.items()}
     try:
-        for _, text in _merged(files, runs):
+        for _, text in merged(files, runs):
             row = json.loads(text)
             counts.add(row, shard_set.name)
             if "jsonl" in outputs:
@@ -279,12 +280,12 @@ def write_local(rows: Iterable[dict], shard_set: ShardSet, scratch: str,
     """The local driver's whole write: spill, merge every shard, clear stale
     files. Returns the set's counts."""
     files = LocalFiles()
-    spiller = Spiller(shard_set, scratch, files, run_bytes)
+    spiller = Spiller(shard_set.name, scratch, files, run_bytes)
     runs: dict[int, list[str]] = {shard: [] for shard in range(shard_set.count)}
     merged: list[tuple[int, dict[str, str]]] = []
     try:
         for row in rows:
-            for shard, path in spiller.add(row):
+            for shard, path in spiller.add(*shard_set.keyed(row)):
                 runs[shard].append(path)
         for shard, path in spiller.flush():
             runs[shard].append(path)

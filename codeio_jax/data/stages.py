@@ -234,8 +234,9 @@ def dedup_file(source, dest, errors_dest, settings, on_result: OnResult = None) 
 
     def process(lines):
         found = decided()
-        return [deduplicated(line, row, found["signatures"].get(line), found["dropped"], settings,
-                             found["failed"].get(line)) for line, row in lines]
+        keys = {line: sig.key for line, sig in found["signatures"].items()}
+        return [deduplicated(line, row, keys.get(line), found["dropped"], settings, found["failed"].get(line))
+                for line, row in lines]
 
     return run_stage(source, dest, errors_dest, dedup.STAGE, dedup_settings(settings), process, on_result=on_result)
 
@@ -244,13 +245,15 @@ def dedup_settings(settings) -> dict:
     return {"dedup": sorted(settings.as_dict().items())}
 
 
-def deduplicated(line: int, row: Any, sig, dropped: dict, settings, failure: str | None = None) -> Result:
-    """One record after the decision: itself, or the error row naming its copy."""
+def deduplicated(line: int, row: Any, key: tuple | None, dropped: dict, settings,
+                 failure: str | None = None) -> Result:
+    """One record (its signature's key; None: it has none) after the decision:
+    itself, or the error row naming its copy."""
     from codeio_jax.data import dedup
 
-    if sig is None:
+    if key is None:
         return error(dedup.STAGE, line, row, f"cannot be compared: {failure}")
-    link = dropped.get(sig.key)
+    link = dropped.get(key)
     if link is None:
         return Result.one(True, row)
     kept = dedup.kept_for(link, dropped)

@@ -98,3 +98,16 @@ def test_bad_settings_are_refused(settings, message):
 def test_the_pipeline_names_a_bad_threshold(tmp_path):
     with pytest.raises(PipelineError, match="dedup_threshold"):
         run_pipeline(work_dir=tmp_path, dedup_threshold=1.5)
+
+
+def test_a_signature_written_for_a_sorted_run_reads_back_the_same():
+    settings = dedup.Settings()
+    rows = [json.loads(line) for line in DEFAULT_CORPUS.read_text().splitlines()[:2]]
+    first, second = (dedup.signature(line, row, settings) for line, row in enumerate(rows, start=1))
+    entries = list(dedup.bucket_entries(first, settings))
+    assert len(entries) == 1 + len(settings.bands)  # its tree's bucket and one per band
+    assert sorted(dedup.bucket_of(key) for key, _ in entries) == sorted(b.hex() for b in dedup.buckets(first, settings))
+    back = dedup.signature_from_text(entries[0][1])
+    assert back.key == first.key and back.exact == first.exact
+    assert back.minhash.jaccard(second.minhash) == first.minhash.jaccard(second.minhash)
+    assert back.minhash.jaccard(first.minhash) == 1.0
