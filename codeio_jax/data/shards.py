@@ -71,7 +71,6 @@ class LocalFiles:
         return sorted(join(folder, name) for name in os.listdir(folder) if name.startswith(prefix))
 
 
-
 def join(folder: str, name: str) -> str:
     """A path in a folder, local or remote (`gs://...`): both take `/`."""
     return f"{str(folder).rstrip('/')}/{name}"

@@ -232,3 +232,24 @@ def test_a_remote_source_work_folder_and_teacher_cache(tmp_path, monkeypatch):
         ("dedup", "b1"), ("dedup", "b2"), ("transform", "")]
     assert list((beam / "teacher_cache").rglob("*.json"))
     assert not [path.name for path in beam.iterdir() if path.name.startswith(".scratch")]
+
+
+def test_one_recipe_drives_both_engines_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(corpus_lines(4)))
+
+    def cli(work, *extra):
+        return subprocess.run([sys.executable, "-m", "codeio_jax.cli", "pipeline", "--gin_file", "data/codeio.gin",
+                               "--work_dir", str(work), f"--gin.run_pipeline.source='{source}'", *extra],
+                              cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600)
+
+    local = cli(tmp_path / "local")
+    beam = cli(tmp_path / "beam", "--engine", "beam", "--", *TWO_PROCESSES)
+    assert local.returncode == 0 and beam.returncode == 0, local.stderr[-2000:] + beam.stderr[-2000:]
+    assert "pipeline on Beam: 4 rows read, 24 examples, 0 error rows" in beam.stdout
+    assert shard_files(tmp_path / "beam") == shard_files(tmp_path / "local")
+    stray = cli(tmp_path / "stray", "--", "--direct_num_workers=2")
+    assert stray.returncode != 0 and "Beam flags need --engine beam" in stray.stderr
