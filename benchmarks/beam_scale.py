@@ -162,7 +162,7 @@ def throughput(tmp: Path, records: int) -> None:
     source = tmp / f"records-{records}.jsonl"
     synthetic_records(records, source)
     print(f"\n## throughput: gin/data/codeio_pp.gin over {records:,} synthetic records\n")
-    print(f"| engine | seconds | records/s | vs local | shards = local's |\n|---|---:|---:|---:|---|")
+    print("| engine | seconds | records/s | vs local | shards = local's |\n|---|---:|---:|---:|---|")
     first = None
     for index, (name, beam) in enumerate(ENGINES):
         work = tmp / f"throughput-{index}"

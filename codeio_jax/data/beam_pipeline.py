@@ -48,9 +48,8 @@ from codeio_jax.data.beam_io import BeamFiles, ReadSource, SortedRuns, WriteShar
 from codeio_jax.data.beam_stages import (BUCKET_SHARDS, ERRORS, NAMESPACE, SIGNATURES, Decontaminate, Dedup, IOs,
                                          Parse, Prompts, Respond, Sign, Transform, Verify, assemble, bucket_links,
                                          import_row, to_record, waiting_records)
-from codeio_jax.data.pipeline import (REQUIRED_PROTECTIONS, STARTS, ChatTeacherSpec, PipelineError,
-                                      TraceTeacherSpec, benchmarks_of, dedup_settings_of, first_stage,
-                                      sandbox_config, source_files)
+from codeio_jax.data.pipeline import (REQUIRED_PROTECTIONS, PipelineError, TraceTeacherSpec, benchmarks_of,
+                                      checked_start, dedup_settings_of, sandbox_config, source_files)
 from codeio_jax.execution import SandboxConfig
 
 
@@ -83,17 +82,7 @@ def run_beam_pipeline(source: str | Path | None, out_dir: str | Path, *, start: 
     beam_args: Beam's own flags, passed through (runner, its options, parallelism).
     """
     files = source_files(source)
-    if start == "auto":
-        start = first_stage(files)
-    if start not in STARTS:
-        raise PipelineError(f"start must be 'auto' or one of {STARTS}, got {start!r}")
-    if start == "transform" and not isinstance(transform_teacher, ChatTeacherSpec):
-        raise PipelineError("the source is raw code, which only a model can transform: set "
-                            "run_pipeline.transform_teacher = @ChatTeacherSpec()")
-    if rounds < 0:
-        raise PipelineError(f"rounds must be 0 or more, got {rounds}")
-    if not turn_teachers:
-        raise PipelineError("turn_teachers is empty: name at least the teacher of the first turn")
+    start = checked_start(files, start, transform_teacher, rounds, turn_teachers)
     try:
         settings = ios.IOSettings(seed=seed, max_calls=max_calls, max_pairs=max_pairs, timeout_s=ios_timeout_s,
                                   determinism=determinism, deterministic_min_pairs=deterministic_min_pairs)

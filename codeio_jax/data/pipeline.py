@@ -202,18 +202,7 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
       lacks one every row it gets becomes an error row saying so.
     """
     files = source_files(source)
-    if rounds < 0:
-        raise PipelineError(f"rounds must be 0 or more, got {rounds}")
-    if not turn_teachers:
-        raise PipelineError("turn_teachers is empty: name at least the teacher of the first turn")
-    if start == "auto":
-        start = first_stage(files)
-    if start not in STARTS:
-        raise PipelineError(f"start must be 'auto' or one of {STARTS}, got {start!r}")
-    if start == "transform" and not isinstance(transform_teacher, ChatTeacherSpec):
-        raise PipelineError("the source is raw code, which only a model can transform: set "
-                            "run_pipeline.transform_teacher = @ChatTeacherSpec() (the trace teacher "
-                            "needs unified records), or start from unified records")
+    start = checked_start(files, start, transform_teacher, rounds, turn_teachers)
     benchmarks = benchmarks_of(decontaminate_against)
     try:
         index = decontaminate.build_index(benchmarks, decontaminate_n) if benchmarks else None
@@ -318,6 +307,25 @@ def source_files(source: str | Path | None) -> list[str]:
         return sources.match(str(source or ios.DEFAULT_CORPUS))
     except sources.SourceError as exc:
         raise PipelineError(f"{exc}; set run_pipeline.source") from None
+
+
+def checked_start(files: list[str], start: str, transform_teacher: Any, rounds: int,
+                  turn_teachers: Sequence[Any]) -> str:
+    """The first stage of a run (`start`, or the source's format's for "auto"),
+    once the settings both engines share are checked."""
+    if rounds < 0:
+        raise PipelineError(f"rounds must be 0 or more, got {rounds}")
+    if not turn_teachers:
+        raise PipelineError("turn_teachers is empty: name at least the teacher of the first turn")
+    if start == "auto":
+        start = first_stage(files)
+    if start not in STARTS:
+        raise PipelineError(f"start must be 'auto' or one of {STARTS}, got {start!r}")
+    if start == "transform" and not isinstance(transform_teacher, ChatTeacherSpec):
+        raise PipelineError("the source is raw code, which only a model can transform: set "
+                            "run_pipeline.transform_teacher = @ChatTeacherSpec() (the trace teacher "
+                            "needs unified records), or start from unified records")
+    return start
 
 
 def first_stage(files: list[str]) -> str:

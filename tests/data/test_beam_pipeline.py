@@ -13,7 +13,7 @@ from codeio_jax.data.beam_pipeline import run_beam_pipeline
 from codeio_jax.data.ios import DEFAULT_CORPUS
 from codeio_jax.data.pipeline import ChatTeacherSpec, PipelineError, TraceTeacherSpec, run_pipeline
 from tests.conftest import shared_data
-from tests.data.test_pipeline import TRANSFORM_REPLY
+from tests.data.test_pipeline import TRANSFORM_REPLY, transform_model, write_raw_corpus
 from tests.teachers.chat_server import ChatServer
 
 SETTINGS = dict(per_task=2, rounds=1)
@@ -117,15 +117,8 @@ def test_released_rows_import_on_both_engines(tmp_path):
 
 
 def test_raw_code_is_transformed_on_beam_as_locally(tmp_path):
-    raw = tmp_path / "raw.jsonl"
-    raw.write_text(json.dumps({"blob_id": "b1", "content": "def total(n):\n    return n*(n+1)//2\n"}) + "\n"
-                   + json.dumps({"blob_id": "b2", "content": "print('no')  [[garbage-reply]]"}) + "\n"
-                   + json.dumps({"blob_id": "b3"}) + "\n")
-
-    def model(messages):
-        return "Sorry, I cannot." if "garbage-reply" in messages[-1]["content"] else TRANSFORM_REPLY
-
-    with ChatServer(answer=model) as server:
+    raw = write_raw_corpus(tmp_path / "raw.jsonl")
+    with ChatServer(answer=transform_model) as server:
         spec = ChatTeacherSpec(base_url=server.base_url, model="m", api_key_env=None)
         local, counts, beam = both(tmp_path, raw, transform_teacher=spec, per_task=1, rounds=0)
     assert counts == {"records": 3, "examples": 2, "errors": 2}

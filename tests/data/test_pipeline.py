@@ -121,16 +121,22 @@ What is the sum of all whole numbers from 0 to `n`?
 """
 
 
+def write_raw_corpus(path: Path) -> Path:
+    """Three raw-code rows: one the model transforms, one it refuses, one with no code."""
+    path.write_text(json.dumps({"blob_id": "b1", "content": "def total(n):\n    return n*(n+1)//2\n"}) + "\n"
+                    + json.dumps({"blob_id": "b2", "content": "print('no')  [[garbage-reply]]"}) + "\n"
+                    + json.dumps({"blob_id": "b3"}) + "\n")
+    return path
+
+
+def transform_model(messages):
+    """The transform teacher's model: TRANSFORM_REPLY, except for the row marked for garbage."""
+    return "Sorry, I cannot." if "garbage-reply" in messages[-1]["content"] else TRANSFORM_REPLY
+
+
 def test_raw_code_is_transformed_by_a_model_then_runs_offline(tmp_path):
-    raw = tmp_path / "raw.jsonl"
-    raw.write_text(json.dumps({"blob_id": "b1", "content": "def total(n):\n    return n*(n+1)//2\n"}) + "\n"
-                   + json.dumps({"blob_id": "b2", "content": "print('no')  [[garbage-reply]]"}) + "\n"
-                   + json.dumps({"blob_id": "b3"}) + "\n")
-
-    def model(messages):
-        return "Sorry, I cannot." if "garbage-reply" in messages[-1]["content"] else TRANSFORM_REPLY
-
-    with ChatServer(answer=model) as server:
+    raw = write_raw_corpus(tmp_path / "raw.jsonl")
+    with ChatServer(answer=transform_model) as server:
         spec = ChatTeacherSpec(base_url=server.base_url, model="m", api_key_env=None)
         with pytest.raises(PipelineError, match="only a model can transform"):
             run_pipeline(work_dir=tmp_path / "run", source=raw)
