@@ -68,7 +68,7 @@ def parse_value(text: str) -> Any:
     text = text.strip()
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         pass
     try:
         value = ast.literal_eval(text)

@@ -34,3 +34,10 @@ def test_input_key():
 ])
 def test_no_answer(reply):
     assert extract_answer(reply, "output") is None
+
+
+def test_nesting_deeper_than_the_parser_goes_is_no_answer_not_a_crash():
+    deep = "[" * 100_000 + "]" * 100_000
+    assert extract_answer('{"output": ' + deep + "}", "output") is None
+    # An earlier readable answer still counts when the last candidate is too deep to read.
+    assert extract_answer('{"output": 3}\n```json\n{"output": ' + deep + '}\n```', "output").value == 3
