@@ -163,7 +163,7 @@ def ours_train(args, lora: bool) -> dict:
                             out_shardings=setup.state_shardings)()
         else:
             frozen = None
-            state = trainer._fresh_state(params, setup.optimizer, 0, setup.state_shardings)
+            state = trainer.fresh_state(params, setup.optimizer, 0, setup.state_shardings)
         del params
         trained = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
         batch = to_global(next(data), setup.batch_sharding)

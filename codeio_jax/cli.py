@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from codeio_jax.commands import data, foundation, models
+from codeio_jax.commands import data, foundation, models, rl
 from codeio_jax.commands.common import CommandError
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codeio-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (foundation, data, models):
+    for group in (foundation, data, models, rl):
         group.add_commands(sub)
     return parser
 

@@ -45,6 +45,9 @@ class ChatResult:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    # Every generated token, the stop token or sequence that ended the row included
+    # (what a policy update trains on; `text` is cut at a stop string, these are not).
+    tokens: tuple[int, ...] = ()
 
 
 class ChatModel:
@@ -112,7 +115,9 @@ class ChatModel:
             finish = c.finish_reason
             if cut >= 0:
                 text, finish = text[:cut], "stop"
-            results.append(ChatResult(text, finish, c.prompt_tokens, c.completion_tokens))
+            ended_by = () if c.stop is None else (c.stop,) if isinstance(c.stop, int) else c.stop
+            results.append(ChatResult(text, finish, c.prompt_tokens, c.completion_tokens,
+                                      tuple(c.tokens) + tuple(ended_by)))
         return results
 
 

@@ -59,6 +59,21 @@ def loss_fn(params, model: Decoder, batch: dict, z_loss: float, chunk_length: in
     gradient never exist at once; only one chunk's do. 0: the whole sequence at once.
     frozen: with LoRA, the base parameters (`params` are then the adapters, the
     only thing differentiated); dropout_rng drives the adapters' dropout."""
+    hidden, kernel = final_hidden(params, model, batch, frozen, dropout_rng)
+    targets = batch["decoder_target_tokens"]
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    sums = _chunked_sums(model.config, hidden, kernel, targets, weights, chunk_length)
+    tokens = jnp.maximum(weights.sum(), 1.0)
+    loss = sums["nll"] / tokens
+    z = sums["z"] / tokens
+    total = loss + z_loss * z
+    return total, {"loss": loss, "z_loss": z, "accuracy": sums["correct"] / tokens, "loss_tokens": weights.sum()}
+
+
+def final_hidden(params, model: Decoder, batch: dict, frozen=None, dropout_rng: jax.Array | None = None):
+    """(the final normed hidden states [batch, length, embed], the output kernel) of
+    the batch's inputs: params are the model, or with `frozen` (the LoRA base) the
+    adapters over it; dropout_rng drives the adapters' dropout."""
     from codeio_jax.models.decoder import output_kernel
     from codeio_jax.models.layers import LORA_COLLECTION, LORA_DROPOUT_RNG
 
@@ -69,15 +84,7 @@ def loss_fn(params, model: Decoder, batch: dict, z_loss: float, chunk_length: in
         rngs = {LORA_DROPOUT_RNG: dropout_rng} if dropout_rng is not None else None
     hidden, _ = model.apply(variables, batch["decoder_input_tokens"], batch["decoder_positions"],
                             batch["decoder_segment_ids"], return_hidden=True, rngs=rngs)
-    kernel = output_kernel(model.config, base)
-    targets = batch["decoder_target_tokens"]
-    weights = batch["decoder_loss_weights"].astype(jnp.float32)
-    sums = _chunked_sums(model.config, hidden, kernel, targets, weights, chunk_length)
-    tokens = jnp.maximum(weights.sum(), 1.0)
-    loss = sums["nll"] / tokens
-    z = sums["z"] / tokens
-    total = loss + z_loss * z
-    return total, {"loss": loss, "z_loss": z, "accuracy": sums["correct"] / tokens, "loss_tokens": weights.sum()}
+    return hidden, output_kernel(model.config, base)
 
 
 def _sums(config, hidden, kernel, targets, weights) -> dict:

@@ -157,30 +157,15 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig | None = None
     checkpoints = Checkpoints(model_dir, keep=keep_checkpoints, every=checkpoint_every,
                               async_save=async_checkpoints)
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-        frozen = None
-        if lora is not None:
-            _check_base_reference(model_dir, init_from)
-            frozen = _read_model(init_from, config, setup.frozen_shapes, setup.frozen_shardings)
+        frozen = frozen_base(setup, model_dir, init_from)
         if checkpoints.latest_step() is not None:
             state, position = checkpoints.restore(setup.abstract_state())
             inputs.skip_to(position)
-        elif init_from is not None and lora is None:
-            params = _read_model(init_from, config, setup.state_shapes.params, setup.state_shardings.params)
-            state = _fresh_state(params, setup.optimizer, seed, setup.state_shardings)
         else:
-            state = jax.jit(functools.partial(init_state, config, setup.optimizer, seed),
-                            out_shardings=setup.state_shardings)()
+            state = starting_state(setup, init_from, seed)
         start = int(state.step)
-        if jax.process_index() == 0 and "://" not in str(model_dir):
-            from codeio_jax.models.checkpoint import CONFIG_FILE, config_to_dict
-            from codeio_jax.models.lora import BASE_REFERENCE
-
-            Path(model_dir).mkdir(parents=True, exist_ok=True)
-            (Path(model_dir) / CONFIG_FILE).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
-            if lora is not None:
-                (Path(model_dir) / BASE_REFERENCE).write_text(
-                    json.dumps({"init_from": str(Path(init_from).absolute())}, indent=2) + "\n")
-        evaluated = _evaluated_model(config)
+        record_run(model_dir, config, init_from)
+        evaluated = evaluated_model(config)
         length = inputs.length
         log = MetricsLog(model_dir, flops_per_token(config, length),
                          peak_flops or peak_flops_per_device(), jax.device_count(), on_log=on_log)
@@ -211,6 +196,40 @@ def train(model_dir: str | Path = gin.REQUIRED, model: ModelConfig | None = None
     return TrainReport(Path(str(model_dir)), start, max(start, steps), final, config)
 
 
+def frozen_base(setup: StepSetup, model_dir, init_from) -> Any:
+    """With LoRA, the base the adapters train over (read into its shardings; a run
+    resumes over the base it started from, never another); None without."""
+    if setup.config.lora is None:
+        return None
+    _check_base_reference(model_dir, init_from)
+    return _read_model(init_from, setup.config, setup.frozen_shapes, setup.frozen_shardings)
+
+
+def starting_state(setup: StepSetup, init_from, seed: int) -> TrainState:
+    """The state of a run's step 0: init_from's parameters (with LoRA, fresh
+    adapters over it) or a random initialisation, with a fresh optimizer."""
+    if init_from is not None and setup.config.lora is None:
+        params = _read_model(init_from, setup.config, setup.state_shapes.params, setup.state_shardings.params)
+        return fresh_state(params, setup.optimizer, seed, setup.state_shardings)
+    return jax.jit(functools.partial(init_state, setup.config, setup.optimizer, seed),
+                   out_shardings=setup.state_shardings)()
+
+
+def record_run(model_dir, config: ModelConfig, init_from) -> None:
+    """config.json in the run's folder (and with LoRA lora_base.json, naming the
+    base), so that loading or converting the run folder gives its model."""
+    if jax.process_index() != 0 or "://" in str(model_dir):
+        return
+    from codeio_jax.models.checkpoint import CONFIG_FILE, config_to_dict
+    from codeio_jax.models.lora import BASE_REFERENCE
+
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    (Path(model_dir) / CONFIG_FILE).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    if config.lora is not None:
+        (Path(model_dir) / BASE_REFERENCE).write_text(
+            json.dumps({"init_from": str(Path(init_from).absolute())}, indent=2) + "\n")
+
+
 def _read_model(folder, config: ModelConfig, shapes: Any, shardings: Any) -> Any:
     """The parameters of a model checkpoint (or of a run, merged if it trained
     adapters), read straight into their shardings; another architecture is an error."""
@@ -225,7 +244,7 @@ def _read_model(folder, config: ModelConfig, shapes: Any, shardings: Any) -> Any
     return params
 
 
-def _fresh_state(params, tx, seed: int, shardings: TrainState) -> TrainState:
+def fresh_state(params, tx, seed: int, shardings: TrainState) -> TrainState:
     """A step-0 train state around given parameters."""
     def fresh(params):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -247,7 +266,7 @@ def _check_base_reference(model_dir, init_from) -> None:
                          "a LoRA run resumes over the base it started from (or use another model_dir)")
 
 
-def _evaluated_model(config: ModelConfig) -> Callable[[Any, Any], tuple[ModelConfig, Any]]:
+def evaluated_model(config: ModelConfig) -> Callable[[Any, Any], tuple[ModelConfig, Any]]:
     """(config, params) -> what an evaluator runs: the model itself, or with LoRA the
     base with the adapters merged in (the plain model the adapted one computes)."""
     if config.lora is None:
