@@ -34,14 +34,6 @@ class Completion:
     finish_reason: str
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplingSettings:
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-
-
 def derive_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "little") >> 1
 
@@ -59,10 +51,8 @@ def encode(chat: ChatModel, prompt: RLPrompt, max_new_tokens: int) -> tuple[int,
 
 
 def sample_groups(chat: ChatModel, prompts: Sequence[RLPrompt], prompt_ids: Sequence[tuple[int, ...]],
-                  group_size: int, settings: SamplingSettings, seed: int, step: int) -> list[list[Completion]]:
-    """group_size completions of each prompt, in one generate call."""
-    params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                            top_p=settings.top_p, top_k=settings.top_k)
+                  group_size: int, params: SamplingParams, seed: int, step: int) -> list[list[Completion]]:
+    """group_size completions of each prompt, in one generate call (each with its own seed)."""
     requests = [ChatRequest(list(ids), dataclasses.replace(params, seed=derive_seed(seed, step, prompt.id, g)))
                 for prompt, ids in zip(prompts, prompt_ids) for g in range(group_size)]
     results = chat.complete(requests)

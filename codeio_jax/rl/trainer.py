@@ -48,6 +48,7 @@ from codeio_jax.rl import rollout
 from codeio_jax.rl.objective import GRPOConfig, group_advantages, grpo_loss, supervised_loss, token_logprobs
 from codeio_jax.rl.prompts import PromptSet, RLPrompt
 from codeio_jax.rl.rewards import Sample, check_terms, score
+from codeio_jax.sampling.sampler import SamplingParams
 from codeio_jax.training import partitioning
 from codeio_jax.training.checkpoints import Checkpoints
 from codeio_jax.training.input import to_global
@@ -74,14 +75,15 @@ class RLReport:
     heldout: list[tuple[int, float]]  # (step, held-out reward) wherever measured
 
 
-gin.external_configurable(rollout.SamplingSettings)
+# rl.sampling: how completions are drawn (its seed is set per completion).
+gin.external_configurable(SamplingParams)
 
 
 @gin.configurable
 def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, tokenizer: str | Path = gin.REQUIRED,
        heldout: PromptSet | None = None, init_from: str | Path | None = None, model: ModelConfig | None = None,
        chat_family: str | None = None, steps: int = 100, prompts_per_step: int = 4,
-       grpo: GRPOConfig = GRPOConfig(), sampling: rollout.SamplingSettings = rollout.SamplingSettings(),
+       grpo: GRPOConfig = GRPOConfig(), sampling: SamplingParams = SamplingParams(temperature=1.0),
        rewards: Sequence[Any] = (), optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-6, warmup_steps=0),
        mesh: partitioning.MeshConfig = partitioning.MeshConfig(), lora: LoraConfig | None = None, seed: int = 0,
        compute_dtype: str = "float32", loss_chunk_length: int = 512, warmup_steps: int = 0,

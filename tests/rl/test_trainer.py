@@ -10,7 +10,7 @@ import pytest
 from codeio_jax.models import presets
 from codeio_jax.rl.objective import GRPOConfig
 from codeio_jax.rl.prompts import PromptError, pipeline_prompts
-from codeio_jax.rl.rollout import SamplingSettings
+from codeio_jax.sampling.sampler import SamplingParams
 from codeio_jax.rl.toy import byte_tokenizer, one_line_functions
 from codeio_jax.rl.trainer import RLError, rl
 from codeio_jax.training.optimizer import OptimizerConfig
@@ -35,7 +35,7 @@ def run(tmp_path, name, **overrides):
     settings = dict(model_dir=tmp_path / name, prompts=one_line_functions(16, 0),
                     heldout=one_line_functions(4, 1, heldout=True), tokenizer=byte_tokenizer(tmp_path / "tokenizer"),
                     model=MODEL, chat_family="qwen2", steps=3, prompts_per_step=2, grpo=GRPOConfig(group_size=2),
-                    sampling=SamplingSettings(max_new_tokens=12), warmup_steps=0, checkpoint_every=1,
+                    sampling=SamplingParams(max_new_tokens=12, temperature=1.0), warmup_steps=0, checkpoint_every=1,
                     optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=0, schedule="constant"),
                     async_checkpoints=False, sandbox_workers=1,
                     # A reward a barely trained model's completions differ in, so that every
