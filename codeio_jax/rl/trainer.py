@@ -148,7 +148,9 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
         frozen = frozen_base(setup, model_dir, init_from)
         resumed = checkpoints.latest_step() is not None
         start_params = None
-        if not resumed or grpo.kl_coef > 0:  # a resumed run rebuilds its reference the same way
+        # A resumed full fine-tune with a KL rebuilds its reference the way it first made it
+        # (with LoRA the reference is the base itself).
+        if not resumed or (grpo.kl_coef > 0 and lora is None):
             initial = starting_state(setup, init_from, seed)
             if warmup_steps:
                 params = _warm_up(steps_fns, initial.params, frozen, chat, train_prompts, train_ids, rows,
