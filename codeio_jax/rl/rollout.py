@@ -63,14 +63,6 @@ def sample_groups(chat: ChatModel, prompts: Sequence[RLPrompt], prompt_ids: Sequ
     return groups
 
 
-def greedy(chat: ChatModel, prompts: Sequence[RLPrompt], prompt_ids: Sequence[tuple[int, ...]],
-           max_new_tokens: int) -> list[Completion]:
-    """One greedy completion per prompt (held-out evaluation)."""
-    params = SamplingParams(max_new_tokens=max_new_tokens)
-    results = chat.complete([ChatRequest(list(ids), params) for ids in prompt_ids])
-    return [Completion(p, ids, r.tokens, r.text, r.finish_reason) for p, ids, r in zip(prompts, prompt_ids, results)]
-
-
 def training_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], batch_rows: int) -> dict[str, np.ndarray]:
     """(prompt ids, completion ids) per row -> the trainer's decoder_* features,
     `batch_rows` rows (the rest padding, weight 0), the loss on the completions."""

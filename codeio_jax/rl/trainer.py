@@ -171,9 +171,9 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
         policy_params = evaluated_model(config)
         log = MetricsLog(model_dir, 0.0, None, jax.device_count(), on_log=on_log)
         metrics: dict = {}
+        chat.sampler.params = policy_params(state.params, frozen)[1]
         for step in range(start, steps):
             done = step + 1
-            chat.sampler.params = policy_params(state.params, frozen)[1]
             row: dict = {}
             if held and step == start == 0:
                 row.update(_heldout(chat, held, held_ids, sampling.max_new_tokens, sandbox, terms))
@@ -214,6 +214,8 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
                 placed["ref_logprobs"] = steps_fns.reference_logprobs(reference, placed)
             for _ in range(grpo.updates_per_batch):
                 state, metrics = steps_fns.update(state, placed, frozen)
+            # The sampler follows the policy (the update donated the parameters it held).
+            chat.sampler.params = policy_params(state.params, frozen)[1]
             metrics = {key: float(value) for key, value in jax.device_get(metrics).items()}
             update_s = time.perf_counter() - clock
             metrics.setdefault("kl", metrics["kl_to_sampler"])
@@ -225,7 +227,6 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
                         "skipped_groups": float(len(step_errors))})
             last = done == steps
             if held and (last or (heldout_every and done % heldout_every == 0)):
-                chat.sampler.params = policy_params(state.params, frozen)[1]
                 measured = _heldout(chat, held, held_ids, sampling.max_new_tokens, sandbox, terms)
                 if step == start == 0:  # the first row keeps its baseline; the end goes beside it
                     measured = {f"{key}_after": value for key, value in measured.items()}
@@ -282,8 +283,7 @@ def _update(state: TrainState, batch: dict, frozen, *, model, tx, schedule, loss
 
 
 def _chat_model(config: ModelConfig, tokenizer: str | Path, family: str | None):
-    from codeio_jax.models.chat_template import FolderChatTemplate
-    from codeio_jax.sampling.chat import CHAT_FAMILY, ChatModel, end_token_ids, load_tokenizer
+    from codeio_jax.sampling.chat import ChatModel, load_tokenizer
     from codeio_jax.sampling.sampler import Sampler
 
     folder = Path(tokenizer)
@@ -294,12 +294,8 @@ def _chat_model(config: ModelConfig, tokenizer: str | Path, family: str | None):
     if tok.get_vocab_size() > config.vocab_size:
         raise RLError(f"the tokenizer in {folder} has {tok.get_vocab_size()} tokens, more than the model's "
                       f"vocabulary of {config.vocab_size}")
-    template = FolderChatTemplate.from_folder(folder) if family is None else None
-    if template is None:
-        family = family or CHAT_FAMILY[config.family]
     # Generation runs on the plain model (with LoRA: the base with the adapters merged).
-    sampler = Sampler(config.replace(lora=None), None)
-    return ChatModel(sampler, tok, family, end_token_ids(folder, tok, family), template)
+    return ChatModel.with_folder_chat(Sampler(config.replace(lora=None), None), folder, family, tok)
 
 
 def _encoded(chat, prompts: Sequence[RLPrompt], max_new_tokens: int):
@@ -342,25 +338,22 @@ def _warm_up(fns: _StepFunctions, params, frozen, chat, prompts, prompt_ids, row
                                                                                             else ())
                for p, _ in refs]
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))
-    model = fns.model
-
-    def step_fn(params, opt_state, batch, frozen):
-        (loss, _), grads = jax.value_and_grad(fns.supervised, has_aux=True)(params, model, batch, frozen)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    step_fn = jax.jit(step_fn, donate_argnums=(0, 1))
+    step_fn = jax.jit(functools.partial(_update, model=fns.model, tx=tx, loss=fns.supervised,
+                                        schedule=optax.constant_schedule(learning_rate)), donate_argnums=0)
     params = jax.tree_util.tree_map(lambda x: x.copy(), params)
-    opt_state = tx.init(params)
+    state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params),
+                       rng=jax.random.PRNGKey(seed))
     for step in range(steps):
         picked = _step_indices(len(refs), step, rows, seed)
         batch = fns.place(rollout.training_rows([(refs[i][1], answers[i]) for i in picked], rows))
-        params, opt_state, _ = step_fn(params, opt_state, batch, frozen)
-    return params
+        state, _ = step_fn(state, batch, frozen)
+    return state.params
 
 
 def _heldout(chat, prompts, prompt_ids, max_new_tokens: int, sandbox, terms) -> dict:
-    completions = rollout.greedy(chat, prompts, prompt_ids, max_new_tokens)
+    # One greedy completion per prompt (temperature 0: the seeds do not matter).
+    groups = rollout.sample_groups(chat, prompts, prompt_ids, 1, SamplingParams(max_new_tokens=max_new_tokens), 0, 0)
+    completions = [group[0] for group in groups]
     scored = score([Sample(c.prompt, c.text, len(c.tokens), c.finish_reason, max_new_tokens) for c in completions],
                    sandbox, terms)
     failed = next((s.error for s in scored if s.error), None)

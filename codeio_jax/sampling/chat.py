@@ -74,12 +74,18 @@ class ChatModel:
         from codeio_jax.models import convert
 
         config, params = convert.load_hf(folder)
+        return cls.with_folder_chat(Sampler(config, params, max_length), folder, family, tokenizer)
+
+    @classmethod
+    def with_folder_chat(cls, sampler: Sampler, folder: str | Path, family: str | None = None,
+                         tokenizer: Any = None) -> "ChatModel":
+        """`sampler` speaking as the folder's model: its tokenizer.json, its own chat
+        template when it has one (unless `family` forces one of ours), its end tokens."""
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
         template = FolderChatTemplate.from_folder(folder) if family is None else None
         if template is None:
-            family = family or CHAT_FAMILY[config.family]
-        return cls(Sampler(config, params, max_length), tokenizer, family, end_token_ids(folder, tokenizer, family),
-                   template)
+            family = family or CHAT_FAMILY[sampler.config.family]
+        return cls(sampler, tokenizer, family, end_token_ids(folder, tokenizer, family), template)
 
     @property
     def template_name(self) -> str:

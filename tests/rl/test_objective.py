@@ -1,5 +1,6 @@
 """The GRPO objective against the formulas written out directly."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,9 +16,7 @@ ROWS = [((1, 5, 9), (3, 4, 2)), ((7, 8), (6,)), ((2, 3, 4, 5), (11, 12, 13, 14, 
 
 
 def setup():
-    params = init_params(CONFIG, jax.random.PRNGKey(0))
-    params = jax.tree_util.tree_map(lambda x: x.value if hasattr(x, "value") else x, params,
-                                    is_leaf=lambda x: hasattr(x, "value"))
+    params = nn.meta.unbox(init_params(CONFIG, jax.random.PRNGKey(0)))
     batch = {k: jnp.asarray(v) for k, v in training_rows(ROWS, 4).items()}
     return Decoder(CONFIG), params, batch
 
