@@ -30,8 +30,13 @@ $(SMOLLM2_GGUF): | $(STAMP)
 demo: $(STAMP) $(SMOLLM2_GGUF)
 	$(BIN)/python -m codeio_jax.demo
 
+# Two workers (pytest-xdist): CI's machine has two cores, and one test at a time leaves one of
+# them idle while a test waits on a compiler, a sandbox or a subprocess. The slowest tests are
+# listed at the end, to see what the suite's time goes to.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) $(SMOLLM2_GGUF)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 bench: $(STAMP) $(SMOLLM2_GGUF)
 	$(BIN)/python benchmarks/score_cruxeval.py

@@ -41,6 +41,10 @@ setup(
         "test": [
             "pytest==9.2.0",
             "pytest-timeout==2.4.0",
+            # `make test` runs the suite on two workers: much of it waits on compilers, sandboxes and
+            # subprocesses one core at a time.
+            "pytest-xdist==3.8.0",
+            "execnet==2.1.2",  # pytest-xdist's dependency, pinned
             # The reference for chat templates and tokenizers (tested against, never imported by the package).
             "transformers==5.24.0",
             # Parity tests: transformers models with random weights. 2.13.0 is a CPU build on this

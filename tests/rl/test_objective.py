@@ -15,6 +15,11 @@ CONFIG = presets.preset("tiny_llama").replace(dtype="float32", vocab_size=97)
 ROWS = [((1, 5, 9), (3, 4, 2)), ((7, 8), (6,)), ((2, 3, 4, 5), (11, 12, 13, 14, 15))]
 
 
+def jitted(fn):
+    """fn(params, batch) compiled once: eager mode would compile every operation of the model on its own."""
+    return jax.jit(fn)
+
+
 def setup():
     params = nn.meta.unbox(init_params(CONFIG, jax.random.PRNGKey(0)))
     batch = {k: jnp.asarray(v) for k, v in training_rows(ROWS, 4).items()}
@@ -37,9 +42,10 @@ def direct_logprobs(model, params, rows):
 def test_token_logprobs_chunked_or_not_match_the_logits():
     model, params, batch = setup()
     mask = np.asarray(batch["decoder_loss_weights"])
+    rows = jitted(lambda p, _: direct_logprobs(model, p, ROWS))(params, None)
     for chunk in (0, 4, 5):
-        logp = np.asarray(token_logprobs(params, model, batch, chunk_length=chunk))
-        for i, direct in enumerate(direct_logprobs(model, params, ROWS)):
+        logp = np.asarray(jitted(lambda p, b: token_logprobs(p, model, b, chunk_length=chunk))(params, batch))
+        for i, direct in enumerate(rows):
             np.testing.assert_allclose(logp[i][mask[i] == 1], np.asarray(direct), rtol=1e-5, atol=1e-5)
     assert mask[3].sum() == 0  # the padding row trains nothing
 
@@ -67,38 +73,40 @@ def test_the_on_policy_gradient_is_the_advantage_weighted_log_likelihood_gradien
     advantages = jnp.asarray([1.5, -0.5, -1.0, 0.0])
     batch = {**batch, "advantages": advantages}
     config = GRPOConfig(group_size=2, dr_grpo=dr_grpo)
-    grads = jax.grad(lambda p: grpo_loss(p, model, batch, config=config, max_new_tokens=8)[0])(params)
-    expected = jax.grad(lambda p: reference_loss(p, model, advantages[:3], dr_grpo, 8))(params)
+    grads = jitted(jax.grad(lambda p, b: grpo_loss(p, model, b, config=config, max_new_tokens=8)[0]))(params, batch)
+    expected = jitted(jax.grad(lambda p, _: reference_loss(p, model, advantages[:3], dr_grpo, 8)))(params, None)
     for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected)):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-7)
 
 
 def test_clipping_cuts_the_gradient_and_is_counted():
     model, params, batch = setup()
-    logp = token_logprobs(params, model, batch)
+    logp = jitted(lambda p, b: token_logprobs(p, model, b))(params, batch)
     config = GRPOConfig(group_size=2, clip_low=0.2, clip_high=0.2)
+    loss_of = jitted(lambda p, b: grpo_loss(p, model, b, config=config, max_new_tokens=8))
     # The sampling policy gave every token e^-1 of today's probability: ratio e > 1.2.
     clipped = {**batch, "advantages": jnp.ones(4), "old_logprobs": logp - 1.0}
-    loss, metrics = grpo_loss(params, model, clipped, config=config, max_new_tokens=8)
-    grads = jax.grad(lambda p: grpo_loss(p, model, clipped, config=config, max_new_tokens=8)[0])(params)
+    loss, metrics = loss_of(params, clipped)
+    grads = jitted(jax.grad(lambda p, b: grpo_loss(p, model, b, config=config, max_new_tokens=8)[0]))(params, clipped)
     assert float(metrics["clip_fraction"]) == 1.0
     assert float(loss) == pytest.approx(-1.2, rel=1e-5)  # -clip(ratio) x A on every token
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(grads))
     # A negative advantage is not clipped above: the ratio's gradient flows.
     negative = {**clipped, "advantages": -jnp.ones(4)}
-    _, metrics = grpo_loss(params, model, negative, config=config, max_new_tokens=8)
+    _, metrics = loss_of(params, negative)
     assert float(metrics["clip_fraction"]) == 0.0
 
 
 def test_k3_kl_is_zero_at_the_reference_and_positive_away_from_it():
     model, params, batch = setup()
-    logp = token_logprobs(params, model, batch)
+    logp = jitted(lambda p, b: token_logprobs(p, model, b))(params, batch)
     config = GRPOConfig(group_size=2, kl_coef=0.5)
+    loss_of = jitted(lambda p, b: grpo_loss(p, model, b, config=config, max_new_tokens=8))
     at = {**batch, "advantages": jnp.zeros(4), "ref_logprobs": logp}
-    _, metrics = grpo_loss(params, model, at, config=config, max_new_tokens=8)
+    _, metrics = loss_of(params, at)
     assert float(metrics["kl"]) == pytest.approx(0.0, abs=1e-7)
     away = {**at, "ref_logprobs": logp - 0.3}
-    loss, metrics = grpo_loss(params, model, away, config=config, max_new_tokens=8)
+    loss, metrics = loss_of(params, away)
     k3 = np.exp(-0.3) + 0.3 - 1
     assert float(metrics["kl"]) == pytest.approx(k3, rel=1e-5)
     assert float(loss) == pytest.approx(0.5 * k3, rel=1e-5)
