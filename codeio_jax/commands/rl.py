@@ -15,7 +15,7 @@ def add_commands(sub) -> None:
 
 
 def _rl(args) -> int:
-    from codeio_jax.rl import prompts, rewards, toy  # noqa: F401 (what the recipes name)
+    from codeio_jax.rl import benchmark_prompts, prompts, rewards, toy  # noqa: F401 (what the recipes name)
     from codeio_jax.rl.trainer import RLError, rl
 
     parse_gin_flags(args, register_training=True)

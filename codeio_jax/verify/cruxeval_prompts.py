@@ -77,7 +77,7 @@ def _split_assertion(text: str) -> tuple[str | None, str | None]:
     """(left, right) of `assert left == right`, split where Python parses it."""
     try:
         tree = syntax.parse(text)
-    except SyntaxError:
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # the last two: nested past the parser's limits
         return None, None
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
         return None, None

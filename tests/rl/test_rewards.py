@@ -1,12 +1,15 @@
-"""Rewards by execution: what earns reward and what never does (hostile completions)."""
+"""Rewards by execution: what earns reward and what never does (hostile completions),
+for the pipeline's prompts and for CRUXEval's."""
 
 import json
 
 import pytest
 
 from codeio_jax.records import INPUT_PREDICTION, OUTPUT_PREDICTION
+from codeio_jax.rl.benchmark_prompts import cruxeval_prompts
 from codeio_jax.rl.prompts import RLPrompt
 from codeio_jax.rl.rewards import FormatReward, LengthPenalty, Sample, Verified, check_terms, score
+from tests.conftest import shared_data
 
 SUM_CODE = "def main_solution(n):\n    total = 0\n    for i in range(n):\n        total += i\n    return total\n"
 
@@ -110,3 +113,62 @@ def test_terms_are_checked():
         check_terms([FormatReward(), FormatReward()])
     with pytest.raises(ValueError, match="must be callable"):
         check_terms(["correct"])
+
+
+def cruxeval_prompt(task):
+    """CRUXEval's sample_3: f('bcksrut', 'q') == 'bcksrutq'."""
+    out, inp = cruxeval_prompts(shared_data("cruxeval/cruxeval.jsonl"), ids=["sample_3"]).prompts
+    return out if task == OUTPUT_PREDICTION else inp
+
+
+def answer(assertion):
+    return f"Step by step...\n[ANSWER]{assertion}[/ANSWER]"
+
+
+CALL = "assert f('bcksrut', 'q') == "
+HOSTILE_CRUXEVAL = [
+    # code where data belongs: never executed (CRUXEval's own rule would run each)
+    (OUTPUT_PREDICTION, answer(CALL + "__import__('os')._exit(0)"), "no_answer"),
+    (OUTPUT_PREDICTION, answer(CALL + "'x' or True"), "no_answer"),
+    (OUTPUT_PREDICTION, "'x' or True", "no_answer"),
+    (OUTPUT_PREDICTION, answer(CALL + "f('bcksrut', 'q')"), "no_answer"),
+    (OUTPUT_PREDICTION, answer(CALL + "'bcksrutq'; import os; os._exit(0)"), "no_answer"),
+    (INPUT_PREDICTION, answer("assert f(*['bcksrut', 'q']) == 'bcksrutq'"), "no_answer"),
+    (INPUT_PREDICTION, answer("assert f(**{'text': 'bcksrut', 'value': 'q'}) == 'bcksrutq'"), "no_answer"),
+    (INPUT_PREDICTION, answer("assert f(__import__('os')._exit(0)) == 'bcksrutq'"), "no_answer"),
+    (INPUT_PREDICTION, answer("assert f('a', 'b') or True == 'bcksrutq'"), "no_answer"),
+    (INPUT_PREDICTION, answer("assert f(lambda: 'bcksrutq') == 'bcksrutq'"), "no_answer"),
+    # data, but CRUXEval drops an output prediction that repeats the call
+    (OUTPUT_PREDICTION, answer(CALL + "\"f('bcksrut', 'q')\""), "no_answer"),
+    # huge answers: data is run and wrong; past the parser's limits, no answer
+    (OUTPUT_PREDICTION, answer(CALL + repr("x" * 1_000_000)), "wrong"),
+    (OUTPUT_PREDICTION, answer(CALL + "[" * 100_000 + "]" * 100_000), "no_answer"),
+    (OUTPUT_PREDICTION, answer(CALL + "1+" * 100_000 + "1"), "no_answer"),
+    (OUTPUT_PREDICTION, answer(CALL + "-" * 1_000_000 + "1"), "no_answer"),
+    (OUTPUT_PREDICTION, "x" * 1_000_000, "no_answer"),
+    # hedging: only the last answer counts
+    (OUTPUT_PREDICTION, answer(CALL + "'bcksrutq'") + " or " + answer(CALL + "'bcksrut'"), "wrong"),
+]
+
+
+@pytest.mark.parametrize("task, text, status", HOSTILE_CRUXEVAL,
+                         ids=[f"{t[:5]}-{i}" for i, (t, _, _) in enumerate(HOSTILE_CRUXEVAL)])
+def test_no_hostile_cruxeval_completion_earns_reward(sandbox, task, text, status):
+    [scored] = score([sample(cruxeval_prompt(task), text)], sandbox,
+                     check_terms([FormatReward(0.0), LengthPenalty(8, 0.0)]))
+    assert (scored.reward, scored.status, scored.error) == (0.0, status, None)
+    [after] = score([sample(cruxeval_prompt(INPUT_PREDICTION), answer("assert f('bcks', 'rutq') == 'x'"))],
+                    sandbox, check_terms([]))
+    assert after.reward == 1.0  # any input that gives the output is right, and the sandbox is whole
+
+
+def test_every_cruxeval_reference_earns_the_reward(sandbox):
+    """All 800 samples, both tasks, scored by CRUXEval's rule in one batch. The 12
+    input predictions whose own input is not data (a lambda, `range(100, 120)`)
+    are error rows of the prompt source, not prompts no answer could win."""
+    loaded = cruxeval_prompts(shared_data("cruxeval/cruxeval.jsonl"))
+    assert len(loaded) == 1588 and all("is not a call f(<literal arguments>)" in row["error"]
+                                       and row["id"].endswith("/input_prediction/0") for row in loaded.errors)
+    scores = score([sample(p, f"The call gives it.\n{p.reference}") for p in loaded.prompts], sandbox,
+                   check_terms([FormatReward(0.1)]))
+    assert all(s.status == "correct" and s.reward == pytest.approx(1.1) for s in scores)
