@@ -58,6 +58,8 @@ bench: $(STAMP) $(SMOLLM2_GGUF)
 	$(BIN)/python benchmarks/moe_step.py
 	$(BIN)/python benchmarks/multihost_losses.py
 	$(BIN)/python benchmarks/rl_reward.py
+	$(BIN)/python benchmarks/rl_toy.py
+	$(BIN)/python benchmarks/rl_rollout.py
 	$(BIN)/python benchmarks/compile_paper_recipes.py --jobs 2 --cache benchmarks/results/compile_paper_recipes
 
 clean:

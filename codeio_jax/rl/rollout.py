@@ -51,7 +51,7 @@ def encode(chat: ChatModel, prompt: RLPrompt, max_new_tokens: int) -> tuple[int,
 
 
 def sample_groups(chat: ChatModel, prompts: Sequence[RLPrompt], prompt_ids: Sequence[tuple[int, ...]],
-                  group_size: int, params: SamplingParams, seed: int, step: int) -> list[list[Completion]]:
+                  group_size: int, params: SamplingParams, seed: int, step: int | str) -> list[list[Completion]]:
     """group_size completions of each prompt, in one generate call (each with its own seed)."""
     requests = [ChatRequest(list(ids), dataclasses.replace(params, seed=derive_seed(seed, step, prompt.id, g)))
                 for prompt, ids in zip(prompts, prompt_ids) for g in range(group_size)]

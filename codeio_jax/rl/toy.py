@@ -3,7 +3,11 @@ functions and a byte-level tokenizer for a tiny model.
 
 The functions return one of their arguments, so the answer is a copy from the
 right place: a two-layer model learns it in minutes, and the reward still comes
-from the verifier (an input prediction is run through the function).
+from the verifier (an input prediction is run through the function). The
+reference replies can come from a teacher that is sometimes wrong
+(`teacher_accuracy`), as an unverified teacher's are: a warm-up on them teaches
+the format and the mistakes, and leaves GRPO something the verified reward can
+fix (gin/rl/toy_cpu.gin, benchmarks/rl_toy.py).
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from codeio_jax.records import OUTPUT_PREDICTION, TASKS
 from codeio_jax.rl.prompts import PromptError, PromptSet, RLPrompt
 
 _NAMES = "abcdefghjkmnpqrstuvwxyz"  # single letters, l and o left out (they read as 1 and 0)
+# A system message of its own: without one, ChatML's default (Qwen's, 70 characters)
+# would be most of every prompt, and every copy would have to look past it.
+SYSTEM = "Answer in JSON."
 
 
 @gin.configurable
 def one_line_functions(count: int = 256, seed: int = 0, tasks: Sequence[str] = TASKS,
-                       heldout: bool = False, arguments: int = 1) -> PromptSet:
+                       heldout: bool = False, arguments: int = 1, teacher_accuracy: float = 1.0) -> PromptSet:
     """`count` prompts about functions `def f(<arguments>): return <one of them>`,
     the argument names distinct letters and their values distinct digits:
     output prediction asks what a call returns, input prediction asks for
@@ -32,9 +39,14 @@ def one_line_functions(count: int = 256, seed: int = 0, tasks: Sequence[str] = T
     default) the answer is a copy from a fixed place, which a two-layer model
     learns in minutes; more arguments add the choice of which one.
     heldout: draw from the fifth of the family (by a hash of the function and its
-    arguments) that the training prompts never hold."""
+    arguments) that the training prompts never hold.
+    teacher_accuracy: the share of prompts whose `reference` (the reply a
+      warm-up trains on) is right; the others' names a wrong digit, as an
+      unverified teacher's would. The reward never reads it: it verifies."""
     if count < 1:
         raise PromptError(f"count must be at least 1, got {count}")
+    if not 0.0 <= teacher_accuracy <= 1.0:
+        raise PromptError(f"teacher_accuracy must be between 0 and 1, got {teacher_accuracy}")
     if not 1 <= arguments <= 10:
         raise PromptError(f"arguments must be 1 to 10 (their values are distinct digits), got {arguments}")
     unknown = [task for task in tasks if task not in TASKS]
@@ -52,15 +64,18 @@ def one_line_functions(count: int = 256, seed: int = 0, tasks: Sequence[str] = T
                 break
         refcode = f"def f({', '.join(names)}):\n    return {returned}\n"
         call = ", ".join(f"{name}={value}" for name, value in values.items())
+        taught = dict(values)
+        if rng.random() >= teacher_accuracy:  # the teacher's answer is another digit
+            taught[returned] = (values[returned] + rng.randrange(1, 10)) % 10
         if task == OUTPUT_PREDICTION:
             question = f"{refcode}What does f({call}) return?"
-            reference = json.dumps({"output": values[returned]})
+            reference = json.dumps({"output": taught[returned]})
         else:
             question = f"{refcode}Give arguments for which f returns {values[returned]}."
-            reference = json.dumps({"input": values})
+            reference = json.dumps({"input": taught})
         prompt_id = f"{'heldout' if heldout else 'f'}{seed}-{index}/{task}/0"
-        prompts.append(RLPrompt(prompt_id, task, ({"role": "user", "content": question},), values[returned],
-                                refcode, "f", reference))
+        messages = ({"role": "system", "content": SYSTEM}, {"role": "user", "content": question})
+        prompts.append(RLPrompt(prompt_id, task, messages, values[returned], refcode, "f", reference))
     return PromptSet(tuple(prompts))
 
 

@@ -14,7 +14,9 @@ completion's seed follow from (seed, step)).
 A run may start with a supervised warm-up on the prompts' reference answers
 (`warmup_steps`, its own Adam at `warmup_learning_rate`), which teaches a fresh
 model the answer format before rewards can reach it; the GRPO state and the
-KL reference start from where the warm-up ends.
+KL reference start from where the warm-up ends, saved as a model checkpoint in
+`model_dir/warmed_up` (a resumed run's reference, and the init_from of a
+zero-learning-rate control that starts where the run did).
 
 Each metrics.jsonl row (one per `log_every` steps): step, reward_mean, one
 reward/<term> per reward term, pass_rate and pass_rate/<task>, kl (the k3 to the
@@ -23,8 +25,11 @@ measured by the batch's last update: 0 with one update per batch), loss,
 clip_fraction, grad_norm, learning_rate, response_length, rollout_s, reward_s,
 update_s, rollout_tokens_per_s, skipped_groups (groups whose reward failed:
 their errors are in errors.jsonl), and with held-out prompts heldout_reward and
-heldout_pass_rate (greedy, one completion per prompt) at the run's first step
-(before its update), every `heldout_every` steps and at the last.
+heldout_pass_rate at the run's first step (before its update), every
+`heldout_every` steps and at the last: the mean over `heldout_samples`
+completions per prompt drawn as the rollouts are (the same seeds at every
+measurement, so a run that does not learn measures the same number each time),
+or with heldout_samples = 0 over one greedy completion per prompt.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -42,6 +48,7 @@ import jax
 import numpy as np
 import optax
 
+from codeio_jax.models.checkpoint import CONFIG_FILE
 from codeio_jax.models.config import LoraConfig, ModelConfig
 from codeio_jax.models.decoder import Decoder
 from codeio_jax.rl import rollout
@@ -59,6 +66,8 @@ from codeio_jax.training.trainer import (StepSetup, build_step, evaluated_model,
                                          record_run, starting_state)
 
 ERRORS_FILE = "errors.jsonl"
+# The policy the supervised warm-up ends at, a model checkpoint in the run's folder.
+WARMED_UP = "warmed_up"
 ROW_FEATURES = ("advantages",)
 
 
@@ -89,7 +98,7 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
        compute_dtype: str = "float32", loss_chunk_length: int = 512, warmup_steps: int = 0,
        warmup_learning_rate: float = 1e-3, log_every: int = 1, checkpoint_every: int = 50,
        keep_checkpoints: int = 3, async_checkpoints: bool = True, heldout_every: int = 0,
-       sandbox_workers: int | None = None, reward_timeout_s: float = 3.0,
+       heldout_samples: int = 0, sandbox_workers: int | None = None, reward_timeout_s: float = 3.0,
        on_log: Callable[[dict], None] | None = None) -> RLReport:
     """GRPO on `prompts` (a PromptSet: pipeline_prompts, one_line_functions) for
     `steps` steps of `prompts_per_step` prompts x grpo.group_size completions.
@@ -102,6 +111,8 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
       the base itself: no second copy of the weights).
     rewards: reward terms beside the verified answer (rl/rewards.py).
     warmup_steps: supervised steps on the prompts' reference answers first.
+    heldout_samples: completions per held-out prompt, sampled as the rollouts are
+      (GRPO raises the expected reward of what it samples); 0 for one greedy each.
     """
     started = time.perf_counter()
     if optimizer.accumulation_steps != 1:
@@ -109,8 +120,11 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
                       "set OptimizerConfig.accumulation_steps = 1")
     if prompts_per_step < 1:
         raise RLError(f"prompts_per_step must be at least 1, got {prompts_per_step}")
+    if heldout_samples < 0:
+        raise RLError(f"heldout_samples must be 0 (greedy) or more, got {heldout_samples}")
     if not isinstance(prompts, PromptSet) or not prompts.prompts:
-        raise RLError("rl.prompts holds no prompt: bind it to @pipeline_prompts() or @one_line_functions()")
+        raise RLError("rl.prompts holds no prompt: bind it to @pipeline_prompts(), @shard_prompts(), "
+                      "@cruxeval_prompts() or @one_line_functions()")
     try:
         terms = check_terms(rewards)
     except ValueError as exc:
@@ -147,20 +161,30 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules), Sandbox(sandbox_config) as sandbox:
         frozen = frozen_base(setup, model_dir, init_from)
         resumed = checkpoints.latest_step() is not None
-        start_params = None
-        # A resumed full fine-tune with a KL rebuilds its reference the way it first made it
-        # (with LoRA the reference is the base itself).
-        if not resumed or (grpo.kl_coef > 0 and lora is None):
+        policy_params = evaluated_model(config)
+        warmed_up = model_dir / WARMED_UP
+
+        def begin() -> TrainState:
+            """Step 0: init_from's parameters (or a random start), warmed up if asked."""
             initial = starting_state(setup, init_from, seed)
-            if warmup_steps:
-                params = _warm_up(steps_fns, initial.params, frozen, chat, train_prompts, train_ids, rows,
-                                  warmup_steps, warmup_learning_rate, seed)
-                initial = fresh_state(params, setup.optimizer, seed, setup.state_shardings)
-            start_params = initial.params
-        if resumed:
-            state, _ = checkpoints.restore(setup.abstract_state())
+            if not warmup_steps:
+                return initial
+            params = _warm_up(steps_fns, initial.params, frozen, chat, train_prompts, train_ids, rows,
+                              warmup_steps, warmup_learning_rate, seed)
+            _save_warmed_up(warmed_up, *policy_params(params, frozen))
+            return fresh_state(params, setup.optimizer, seed, setup.state_shardings)
+
+        start_params = None
+        if not resumed:
+            state = begin()
+            start_params = state.params
         else:
-            state = initial
+            state, _ = checkpoints.restore(setup.abstract_state())
+            if grpo.kl_coef > 0 and lora is None:
+                # The reference the run first made (with LoRA it is the base itself): its
+                # warmed-up policy as saved, or its starting point made again.
+                saved = warmup_steps and (warmed_up / CONFIG_FILE).exists()
+                start_params = starting_state(setup, warmed_up, seed).params if saved else begin().params
         reference = None
         if grpo.kl_coef > 0:
             reference = frozen if lora is not None else jax.tree_util.tree_map(lambda x: x.copy(), start_params)
@@ -168,15 +192,16 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
         record_run(model_dir, config, init_from)
         if start == 0:
             _append_errors(model_dir, errors + [{"step": 0, "heldout": True, **row} for row in held_errors])
-        policy_params = evaluated_model(config)
         log = MetricsLog(model_dir, 0.0, None, jax.device_count(), on_log=on_log)
         metrics: dict = {}
+        measure_heldout = functools.partial(_heldout, chat, held, held_ids, sampling, heldout_samples, seed, sandbox,
+                                            terms)
         chat.sampler.params = policy_params(state.params, frozen)[1]
         for step in range(start, steps):
             done = step + 1
             row: dict = {}
             if held and step == start == 0:
-                row.update(_heldout(chat, held, held_ids, sampling.max_new_tokens, sandbox, terms))
+                row.update(measure_heldout())
                 report_heldout.append((0, row["heldout_reward"]))
             indices = _step_indices(len(train_prompts), step, prompts_per_step, seed)
             batch_prompts = [train_prompts[i] for i in indices]
@@ -227,7 +252,7 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
                         "skipped_groups": float(len(step_errors))})
             last = done == steps
             if held and (last or (heldout_every and done % heldout_every == 0)):
-                measured = _heldout(chat, held, held_ids, sampling.max_new_tokens, sandbox, terms)
+                measured = measure_heldout()
                 if step == start == 0:  # the first row keeps its baseline; the end goes beside it
                     measured = {f"{key}_after": value for key, value in measured.items()}
                     report_heldout.append((done, measured["heldout_reward_after"]))
@@ -350,12 +375,29 @@ def _warm_up(fns: _StepFunctions, params, frozen, chat, prompts, prompt_ids, row
     return state.params
 
 
-def _heldout(chat, prompts, prompt_ids, max_new_tokens: int, sandbox, terms) -> dict:
-    # One greedy completion per prompt (temperature 0: the seeds do not matter).
-    groups = rollout.sample_groups(chat, prompts, prompt_ids, 1, SamplingParams(max_new_tokens=max_new_tokens), 0, 0)
-    completions = [group[0] for group in groups]
-    scored = score([Sample(c.prompt, c.text, len(c.tokens), c.finish_reason, max_new_tokens) for c in completions],
-                   sandbox, terms)
+def _save_warmed_up(folder: Path, config: ModelConfig, params) -> None:
+    """The warmed-up policy as a model checkpoint: another run's init_from (a
+    zero-learning-rate control starts where this run did) and a resumed run's
+    KL reference."""
+    if "://" in str(folder):
+        return  # models/checkpoint.py writes local folders (a resumed run warms up again)
+    from codeio_jax.models import checkpoint
+
+    if jax.process_index() == 0 and folder.exists():  # left by a run killed before its first checkpoint
+        shutil.rmtree(folder)
+    checkpoint.save(folder, config, params)
+
+
+def _heldout(chat, prompts, prompt_ids, sampling: SamplingParams, samples: int, seed: int, sandbox,
+             terms) -> dict:
+    if samples:  # the seeds of step "heldout": the same completions while the policy stays the same
+        groups = rollout.sample_groups(chat, prompts, prompt_ids, samples, sampling, seed, "heldout")
+    else:  # temperature 0: the seeds do not matter
+        groups = rollout.sample_groups(chat, prompts, prompt_ids, 1,
+                                       SamplingParams(max_new_tokens=sampling.max_new_tokens), seed, "heldout")
+    completions = [c for group in groups for c in group]
+    scored = score([Sample(c.prompt, c.text, len(c.tokens), c.finish_reason, sampling.max_new_tokens)
+                    for c in completions], sandbox, terms)
     failed = next((s.error for s in scored if s.error), None)
     if failed:
         raise RLError(f"a held-out reward failed: {failed}")
