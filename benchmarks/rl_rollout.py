@@ -36,17 +36,15 @@ import argparse
 import json
 import os
 import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from smollm2_speed import SMOLLM2, machine, memory_mib, run_queue_wait_s, torch_model, versions  # noqa: E402
+from smollm2_speed import (child_result, converted_smollm2, machine, memory_mib, run_queue_wait_s, torch_model,  # noqa: E402
+                           versions)
 
 RESULTS = ROOT / "benchmarks" / "results" / "rl_rollout.md"
 SIDES = ("ours", "torch")
@@ -164,13 +162,7 @@ def run_child(args, side: str, folder: Path, work_file: Path, work: Path) -> dic
                "--work", str(work_file), "--out", str(out), "--group", str(args.group), "--new", str(args.new),
                "--runs", str(args.runs), "--check", str(args.check), "--temperature", str(args.temperature),
                "--top-p", str(args.top_p), "--cores", str(args.cores)]
-    started = time.perf_counter()
-    print(f"[{side}] ...", file=sys.stderr, flush=True)
-    subprocess.run(command, check=True, stdout=sys.stderr)
-    result = json.loads(out.read_text())
-    result["wall_s"] = time.perf_counter() - started
-    print(f"[{side}] done in {result['wall_s']:.0f} s", file=sys.stderr, flush=True)
-    return result
+    return child_result(command, out, side)
 
 
 def report(args, results: dict, prompt_lengths: list[int], load: tuple, wall_s: float) -> str:
@@ -240,21 +232,12 @@ def main() -> int:
         child(args)
         return 0
     args.command = shlex.join([".venv/bin/python", os.path.relpath(__file__, ROOT)] + sys.argv[1:])
-    if not SMOLLM2.exists():
-        sys.exit(f"{SMOLLM2} is absent: `make {SMOLLM2.relative_to(ROOT)}` fetches it")
     load, started = os.getloadavg(), time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="bench-rl-rollout-"))
-    try:
-        from codeio_jax.models import gguf
-
-        folder = work / "hf"
-        gguf.write_hf(gguf.open_gguf(SMOLLM2), folder)
+    with converted_smollm2("bench-rl-rollout-") as (work, folder, _):
         ids, pad = rendered_prompts(folder, args.prompts)
         work_file = work / "prompts.json"
         work_file.write_text(json.dumps({"ids": ids, "pad_id": pad}))
         results = {side: run_child(args, side, folder, work_file, work) for side in SIDES}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     text = report(args, results, [len(row) for row in ids], load, time.perf_counter() - started)
     print(text)
     args.results.write_text(text + "\n")

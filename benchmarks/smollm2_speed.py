@@ -61,6 +61,7 @@ Smoke: .venv/bin/python benchmarks/smollm2_speed.py --batch 1 --length 32 --step
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -300,6 +301,26 @@ def child(args) -> None:
 
 # --- the parent: convert, run the children, report --------------------------------------
 
+@contextlib.contextmanager
+def converted_smollm2(prefix: str):
+    """(a scratch folder, the real GGUF converted into a Hugging Face folder inside
+    it, the model's config); the scratch folder is removed afterwards."""
+    if not SMOLLM2.exists():
+        sys.exit(f"{SMOLLM2} is absent: `make {SMOLLM2.relative_to(ROOT)}` fetches it")
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        from codeio_jax.models import gguf
+
+        started = time.perf_counter()
+        folder = work / "hf"
+        model = gguf.open_gguf(SMOLLM2)
+        gguf.write_hf(model, folder)
+        print(f"converted {SMOLLM2.name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        yield work, folder, model.config
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def decode_prompts(folder: Path, batch: int, length: int, vocab: int) -> tuple[list[list[int]], str]:
     if CRUXEVAL.exists():
         from tokenizers import Tokenizer
@@ -342,12 +363,17 @@ def run_child(args, case: str, side: str, folder: Path, prompts: Path, work: Pat
                "--out", str(out), "--prompts", str(prompts), "--batch", str(args.batch), "--length", str(args.length),
                "--steps", str(args.steps), "--new", str(args.new), "--runs", str(args.runs),
                "--cores", str(args.cores)]
+    return child_result(command, out, f"{case} / {side}")
+
+
+def child_result(command: list[str], out: Path, label: str) -> dict:
+    """Run one child (its output to stderr) and read the JSON it wrote to `out`, with its wall time."""
     started = time.perf_counter()
-    print(f"[{case} / {side}] ...", file=sys.stderr, flush=True)
+    print(f"[{label}] ...", file=sys.stderr, flush=True)
     subprocess.run(command, check=True, stdout=sys.stderr)
     result = json.loads(out.read_text())
     result["wall_s"] = time.perf_counter() - started
-    print(f"[{case} / {side}] done in {result['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    print(f"[{label}] done in {result['wall_s']:.0f} s", file=sys.stderr, flush=True)
     return result
 
 
@@ -455,24 +481,13 @@ def main() -> int:
 
     args.command = shlex.join([".venv/bin/python", os.path.relpath(__file__, ROOT)] + sys.argv[1:])
     cases = [c for c in args.cases.split(",") if c]
-    if not SMOLLM2.exists():
-        sys.exit(f"{SMOLLM2} is absent: `make {SMOLLM2.relative_to(ROOT)}` fetches it")
     started_load, started = os.getloadavg(), time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="bench-smollm2-"))
-    try:
-        from codeio_jax.models import gguf
-
-        folder = work / "hf"
-        model = gguf.open_gguf(SMOLLM2)
-        gguf.write_hf(model, folder)
-        print(f"converted {SMOLLM2.name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        prompts, prompt_source = decode_prompts(folder, args.decode_batch, args.prompt, model.config.vocab_size)
+    with converted_smollm2("bench-smollm2-") as (work, folder, config):
+        prompts, prompt_source = decode_prompts(folder, args.decode_batch, args.prompt, config.vocab_size)
         prompts_file = work / "prompts.json"
         prompts_file.write_text(json.dumps(prompts))
         results = {case: {side: run_child(args, case, side, folder, prompts_file, work) for side in SIDES}
                    for case in cases}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     if cases != list(CASES):
         print(json.dumps({c: {s: {k: v for k, v in r.items() if k != "tokens"} for s, r in sides.items()}
                           for c, sides in results.items()}, indent=1))
