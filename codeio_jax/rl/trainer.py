@@ -182,7 +182,7 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
             state, _ = checkpoints.restore(setup.abstract_state())
             if grpo.kl_coef > 0 and lora is None:
                 # The reference the run first made (with LoRA it is the base itself): its
-                # warmed-up policy as saved, or its starting point made again.
+                # warmed-up policy as saved, or (a folder from before warmed_up/) made again.
                 saved = warmup_steps and (warmed_up / CONFIG_FILE).exists()
                 start_params = starting_state(setup, warmed_up, seed).params if saved else begin().params
         reference = None
@@ -379,8 +379,6 @@ def _save_warmed_up(folder: Path, config: ModelConfig, params) -> None:
     """The warmed-up policy as a model checkpoint: another run's init_from (a
     zero-learning-rate control starts where this run did) and a resumed run's
     KL reference."""
-    if "://" in str(folder):
-        return  # models/checkpoint.py writes local folders (a resumed run warms up again)
     from codeio_jax.models import checkpoint
 
     if jax.process_index() == 0 and folder.exists():  # left by a run killed before its first checkpoint
