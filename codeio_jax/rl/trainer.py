@@ -95,7 +95,8 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
        grpo: GRPOConfig = GRPOConfig(), sampling: SamplingParams = SamplingParams(temperature=1.0),
        rewards: Sequence[Any] = (), optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-6, warmup_steps=0),
        mesh: partitioning.MeshConfig = partitioning.MeshConfig(), lora: LoraConfig | None = None, seed: int = 0,
-       compute_dtype: str = "float32", loss_chunk_length: int = 512, warmup_steps: int = 0,
+       compute_dtype: str = "float32", loss_chunk_length: int = 512, remat: str | None = None,
+       scan_layers: bool | None = None, attention_impl: str | None = None, warmup_steps: int = 0,
        warmup_learning_rate: float = 1e-3, log_every: int = 1, checkpoint_every: int = 50,
        keep_checkpoints: int = 3, async_checkpoints: bool = True, heldout_every: int = 0,
        heldout_samples: int = 0, sandbox_workers: int | None = None, reward_timeout_s: float = 3.0,
@@ -110,6 +111,9 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
     lora: train adapters over the frozen init_from model (the KL reference is then
       the base itself: no second copy of the weights).
     rewards: reward terms beside the verified answer (rl/rewards.py).
+    remat, scan_layers, attention_impl: override the model's in the update, as
+      `train`'s do (a real model's long rollouts need remat on a CPU host);
+      generation runs the plain layers with its cache either way.
     warmup_steps: supervised steps on the prompts' reference answers first.
     heldout_samples: completions per held-out prompt, sampled as the rollouts are
       (GRPO raises the expected reward of what it samples); 0 for one greedy each.
@@ -140,7 +144,8 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
     model_dir = Path(model_dir)
     updates_total = steps * grpo.updates_per_batch
     setup = build_step(model, mesh, optimizer, updates_total, seed, compute_dtype=compute_dtype,
-                       loss_chunk_length=loss_chunk_length, lora=lora)
+                       loss_chunk_length=loss_chunk_length, lora=lora, remat=remat, scan_layers=scan_layers,
+                       attention_impl=attention_impl)
     config = setup.config
     chat = _chat_model(config, tokenizer, chat_family)
     train_prompts, train_ids, errors = _encoded(chat, prompts.prompts, sampling.max_new_tokens)
@@ -170,7 +175,7 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
             if not warmup_steps:
                 return initial
             params = _warm_up(steps_fns, initial.params, frozen, chat, train_prompts, train_ids, rows,
-                              warmup_steps, warmup_learning_rate, seed)
+                              warmup_steps, warmup_learning_rate, seed, sampling.max_new_tokens)
             _save_warmed_up(warmed_up, *policy_params(params, frozen))
             return fresh_state(params, setup.optimizer, seed, setup.state_shardings)
 
@@ -319,8 +324,9 @@ def _chat_model(config: ModelConfig, tokenizer: str | Path, family: str | None):
     if tok.get_vocab_size() > config.vocab_size:
         raise RLError(f"the tokenizer in {folder} has {tok.get_vocab_size()} tokens, more than the model's "
                       f"vocabulary of {config.vocab_size}")
-    # Generation runs on the plain model (with LoRA: the base with the adapters merged).
-    return ChatModel.with_folder_chat(Sampler(config.replace(lora=None), None), folder, family, tok)
+    # Generation runs on the plain model (with LoRA: the base with the adapters merged), with
+    # nothing to rematerialise.
+    return ChatModel.with_folder_chat(Sampler(config.replace(lora=None, remat="none"), None), folder, family, tok)
 
 
 def _encoded(chat, prompts: Sequence[RLPrompt], max_new_tokens: int):
@@ -351,17 +357,25 @@ def _epoch_order(count: int, seed: int) -> tuple[int, ...]:
 
 
 def _warm_up(fns: _StepFunctions, params, frozen, chat, prompts, prompt_ids, rows: int, steps: int,
-             learning_rate: float, seed: int):
-    """`steps` supervised steps on the reference answers (their own Adam): the
-    policy's starting parameters."""
+             learning_rate: float, seed: int, max_new_tokens: int):
+    """`steps` supervised steps on the reference answers that fit the rollout
+    budget (their own Adam): the policy's starting parameters."""
     refs = [(p, ids) for p, ids in zip(prompts, prompt_ids) if p.reference]
     if not refs:
-        raise RLError("rl.warmup_steps needs prompts with reference answers (one_line_functions has them; a "
-                      "pipeline's prompts do not: start from a stage-1 run with init_from instead)")
+        raise RLError("rl.warmup_steps needs prompts with reference answers (one_line_functions, shard_prompts "
+                      "and cruxeval_prompts have them; a pipeline's prompts.jsonl does not: start from a stage-1 "
+                      "run with init_from instead)")
     end = chat.stop_token_ids[0] if chat.stop_token_ids else None
-    answers = [tuple(chat.tokenizer.encode(p.reference, add_special_tokens=False).ids) + ((end,) if end is not None
-                                                                                            else ())
+    encoded = [tuple(chat.tokenizer.encode(p.reference, add_special_tokens=False).ids) + ((end,) if end is not None
+                                                                                             else ())
                for p, _ in refs]
+    # A reply longer than the rollouts may be would teach what GRPO then cuts off.
+    fitting = [(ref, answer) for ref, answer in zip(refs, encoded) if len(answer) <= max_new_tokens]
+    if not fitting:
+        raise RLError(f"none of the {len(refs)} reference answers fits the rollout budget of {max_new_tokens} "
+                      f"tokens (the shortest has {min(map(len, encoded))}): raise SamplingParams.max_new_tokens "
+                      "or warm up elsewhere (init_from a stage-1 run)")
+    refs, answers = [ref for ref, _ in fitting], [answer for _, answer in fitting]
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))
     step_fn = jax.jit(functools.partial(_update, model=fns.model, tx=tx, loss=fns.supervised,
                                         schedule=optax.constant_schedule(learning_rate)), donate_argnums=0)
