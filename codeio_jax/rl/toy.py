@@ -41,7 +41,7 @@ def one_line_functions(count: int = 256, seed: int = 0, tasks: Sequence[str] = T
     heldout: draw from the fifth of the family (by a hash of the function and its
     arguments) that the training prompts never hold.
     teacher_accuracy: the share of prompts whose `reference` (the reply a
-      warm-up trains on) is right; the others' names a wrong digit, as an
+      warm-up trains on) is right; the others' name a wrong digit, as an
       unverified teacher's would. The reward never reads it: it verifies."""
     if count < 1:
         raise PromptError(f"count must be at least 1, got {count}")
