@@ -17,8 +17,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import threading
+import uuid
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterable, Iterator, Sequence
 
@@ -295,14 +294,22 @@ def count_rows(paths: Paths) -> int:
     return total
 
 
+def temporary_name(path: str | Path) -> str:
+    """Where a file is written before it is whole: beside `path` (so renaming it
+    over `path` is atomic where the filesystem has such a rename), dot-prefixed
+    (a `{name}*` pattern never picks it up) and unique to its writer (process,
+    thread or Beam worker alike), so concurrent writers never share one. Works
+    for remote paths (`gs://...`) too: they also take `/`."""
+    folder, slash, name = str(path).rpartition("/")
+    return f"{folder}{slash}.{name}.{uuid.uuid4().hex[:12]}.partial"
+
+
 @contextlib.contextmanager
 def open_atomic(path: str | Path) -> Iterator[IO[str]]:
     """A text file to write that appears at `path` whole or not at all: written
-    under a temporary name beside it (unique to this process and thread, so
-    concurrent writers never share one), renamed over `path` when the block ends
-    without an exception, removed when it raises."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    under its `temporary_name`, renamed over `path` when the block ends without
+    an exception, removed when it raises."""
+    tmp = Path(temporary_name(path))
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             yield f

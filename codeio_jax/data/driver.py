@@ -5,7 +5,7 @@ line per input item (holding every row the item gave: a stage may fan one
 record out into several, as `prompts` does), each with a single write. A rerun reads the journal,
 drops a line torn by the kill, and carries on after the last complete one.
 Once every item is in, the output and error files are written from the journal
-(each to a .partial file, then renamed), a `.done` marker records what produced
+(each under a temporary name, then renamed: records.open_atomic), a `.done` marker records what produced
 them, and the journal goes. Since the files are made from the journal alone, an
 interrupted and resumed run ends byte for byte where an uninterrupted one does,
 with no item twice and none missing. A journal or marker from other input or
@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from codeio_jax.records import count_rows
+from codeio_jax.records import count_rows, open_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +124,7 @@ def _recover(journal: Path, run_id: str) -> int:
 
 def _finish(journal: Path, dest: Path, errors_dest: Path, marker: Path, run_id: str,
             summary: Summary) -> None:
-    tmp_out = dest.with_name(dest.name + ".partial")
-    tmp_err = errors_dest.with_name(errors_dest.name + ".partial")
-    with open(journal, "rb") as source, open(tmp_out, "w", encoding="utf-8") as out, \
-            open(tmp_err, "w", encoding="utf-8") as err:
+    with open(journal, "rb") as source, open_atomic(dest) as out, open_atomic(errors_dest) as err:
         next(source)  # the fingerprint
         for raw in source:
             entry = json.loads(raw)
@@ -139,8 +136,6 @@ def _finish(journal: Path, dest: Path, errors_dest: Path, marker: Path, run_id: 
                 summary.ok += len(entry["rows"])
             else:
                 summary.errors += len(entry["rows"])
-    tmp_out.replace(dest)
-    tmp_err.replace(errors_dest)
     marker.write_text(json.dumps({"fingerprint": run_id, "items": summary.items}) + "\n")
     journal.unlink()
 

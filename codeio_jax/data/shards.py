@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Protocol
 
 from codeio_jax.data import tfrecords
+from codeio_jax.records import temporary_name
 
 EXAMPLES = "codeio_examples"  # the prefix the SeqIO tasks read (tasks/codeio.py)
 ERRORS = "codeio_errors"
@@ -196,7 +197,7 @@ def merge_shard(shard_set: ShardSet, shard: int, runs: list[str], scratch: str, 
             files.delete(group)
         runs = longer
     finals = {fmt: shard_set.path(fmt, shard) for fmt in shard_set.formats}
-    temps = {fmt: _temp_name(path) for fmt, path in finals.items()}
+    temps = {fmt: temporary_name(path) for fmt, path in finals.items()}
     counts = Counts()
     outputs = {fmt: files.create(temp) for fmt, temp in temps.items()}
     try:
@@ -228,13 +229,6 @@ def commit(shard_set: ShardSet, merged: Iterable[tuple[int, dict[str, str]]], fi
     for temp, final in sorted(finals.items(), key=lambda item: item[1]):
         files.rename(temp, final)
     files.delete(stale_files(shard_set, files))
-
-
-def _temp_name(path: str) -> str:
-    """Beside the final name (so the rename is atomic where the filesystem has
-    one), dot-prefixed so a `{name}.tfrecord*` pattern never picks it up."""
-    folder, name = path.rsplit("/", 1)
-    return f"{folder}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
 
 
 def stale_files(shard_set: ShardSet, files: Files) -> list[str]:
