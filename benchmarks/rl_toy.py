@@ -22,7 +22,6 @@ Run: .venv/bin/python benchmarks/rl_toy.py [--steps 60]
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -33,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "rl_toy.md"
+
+from smollm2_speed import machine  # noqa: E402 (where the warm-up ends depends on the CPU)
 
 
 def run(model_dir: Path, tokenizer: Path, steps: int, *flags: str) -> tuple[list[dict], float]:
@@ -107,7 +108,7 @@ def main() -> int:
         f"wall time: GRPO run {run_wall:.0f} s (warm-up, {args.steps} steps, held-out measurements, process "
         f"start); control {control_wall:.0f} s (no warm-up)",
         "",
-        f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; load average at the "
+        f"machine: {os.cpu_count()} CPUs, {machine()['model']}; load average at the "
         f"start {' '.join(f'{x:.2f}' for x in load)}",
         f"command: {shlex.join(['.venv/bin/python', os.path.relpath(__file__, ROOT)] + sys.argv[1:])}",
     ]

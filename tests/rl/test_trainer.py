@@ -178,12 +178,16 @@ def test_the_command_reports_bad_settings_before_the_first_step(tmp_path):
 
 @pytest.mark.slow
 def test_the_toy_recipe_raises_the_heldout_reward_over_a_zero_learning_rate_control(tmp_path):
-    """gin/rl/toy_cpu.gin, shortened to 20 GRPO steps, against its control: the same
-    warmed-up start and seeds, learning rate 0."""
+    """gin/rl/toy_cpu.gin, shortened to 40 GRPO steps, against its control: the same
+    warmed-up start and seeds, learning rate 0. Where the warm-up leaves the policy
+    depends on the CPU's floating point (0.375 on one Xeon, 0.271 on an EPYC), and
+    the climb from there is noisy step to step (benchmarks/results/rl_toy.md: +0.10
+    at step 20 on the EPYC, +0.25 at step 40; +0.34 at 40 on the Xeon): 40 steps
+    keep the margin asserted below at under half of the smallest gain measured."""
     def command(model_dir, *flags):
         return [sys.executable, "-m", "codeio_jax.cli", "rl", "--gin_search_paths", str(REPO / "gin"),
                 "--gin_file", "rl/toy_cpu.gin", f"--gin.MODEL_DIR='{model_dir}'",
-                f"--gin.byte_tokenizer.folder='{tmp_path / 'tok'}'", "--gin.rl.steps=20", "--gin.rl.heldout_every=0",
+                f"--gin.byte_tokenizer.folder='{tmp_path / 'tok'}'", "--gin.rl.steps=40", "--gin.rl.heldout_every=0",
                 *flags]
 
     def heldout(model_dir):
