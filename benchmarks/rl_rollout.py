@@ -15,7 +15,10 @@ every row exactly --new tokens (no stop token: the end tokens are switched off
 on both sides, so both generate the same number of tokens and the ratio is the
 speed, not the luck of when a sample stops). Tokens/s = prompts x G x new
 tokens / call seconds (prefill included), best of --runs timed calls after one
-warm-up call (ours: after a first call that compiles, reported apart).
+warm-up call (ours: after a first call that compiles, reported apart). Ours
+prefills each prompt once for its whole group; transformers' generate repeats
+the prompt G times first (num_return_sequences), so its prefill costs G times
+as much: that is a difference of the samplers, and the report says so.
 
 Checked, before any timing counts: both sides load the same model (the greedy
 continuation of the first prompt, --check tokens, equal token for token), and
@@ -199,7 +202,10 @@ def report(args, results: dict, prompt_lengths: list[int], load: tuple, wall_s: 
         f"prompt lengths (tokens): {prompt_lengths}",
         "",
         "Tokens/s: prompts x G x new tokens per call (no stop token on either side), the best of the timed calls "
-        "after a warm-up call (ours: after the first call, which compiles); prefill included. Peak MiB: the child "
+        "after a warm-up call (ours: after the first call, which compiles); prefill included. The work differs "
+        "there: ours prefills each distinct prompt once and starts its G rows from copies of that cache "
+        "(sampling/decode.py), and runs the output layer on the prompt's last position only; transformers' "
+        "generate repeats each prompt G times before its prefill. Peak MiB: the child "
         "process's VmHWM at its end (imports, model load, compile and run included). Run-queue wait: seconds the "
         "child's threads were ready but waiting for a core during the timed calls (near 0 on an idle machine).",
         "",

@@ -6,6 +6,11 @@ batch and one compiled program; only the shapes and three switches (greedy or
 not, the prefill length, the prefill chunk) are static, and sampler.py buckets
 the shapes.
 
+Rows that ask for the same prompt (a GRPO group, an OpenAI request with n > 1)
+share its prefill: each distinct prompt is prefilled once and every row starts
+from a copy of its prompt's cache. On a small model the prefill of long prompts
+is most of a rollout's work, so a group of 8 pays for it once instead of 8 times.
+
 The sequence buffer `seq` [batch, cache_len] holds each row's prompt followed by
 its generated tokens: token at position p sits in slot p, like the cache. Rows
 sit at their own positions; a finished row stops changing (its updates are
@@ -19,7 +24,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from codeio_jax.models.decoder import Decoder, init_cache
+from flax import linen as nn
+
+from codeio_jax.models.decoder import Decoder, init_cache, output_kernel, vocab_logits
 
 Array = jax.Array
 
@@ -32,6 +39,7 @@ class RowSettings(NamedTuple):
     """Per-row inputs, every field [batch, ...]."""
 
     lengths: Array  # prompt tokens per row (>= 1)
+    prompt: Array  # the row of `prompts` (generate's) that holds this row's prompt
     active: Array  # False for the rows that only pad the batch to its bucket
     max_new: Array  # token budget per row
     temperature: Array  # 0: greedy
@@ -53,14 +61,18 @@ class State(NamedTuple):
     logits: Array  # [batch, vocab] float32: the next token's
 
 
-def generate(model: Decoder, params, seq: Array, rows: RowSettings, *, greedy: bool, prefill_len: int,
-             chunk: int) -> tuple[Array, Array, Array]:
-    """(seq, generated tokens per row, finish code per row). `seq` comes in with the
-    prompts right-padded to cache_len; prefill covers its first prefill_len slots
-    (a multiple of `chunk` or less than it)."""
+def generate(model: Decoder, params, seq: Array, rows: RowSettings, prompts: Array, prompt_lengths: Array, *,
+             greedy: bool, prefill_len: int, chunk: int) -> tuple[Array, Array, Array]:
+    """(seq, generated tokens per row, finish code per row). `seq` comes in with
+    each row's prompt right-padded to cache_len; `prompts` [distinct, prefill_len]
+    holds each distinct prompt once (prompt_lengths: its tokens), and is what the
+    prefill runs on; prefill_len is a multiple of `chunk` or less than it."""
     batch, cache_len = seq.shape
-    cache = init_cache(model.config, batch, prefill_len)
-    cache, logits = _prefill(model, params, seq[:, :prefill_len], rows.lengths, cache, chunk)
+    cache = init_cache(model.config, prompts.shape[0], prefill_len)
+    cache, logits = _prefill(model, params, prompts, prompt_lengths, cache, chunk)
+    # Every row starts from its prompt's cache and next-token logits.
+    cache = jax.tree_util.tree_map(lambda a: jnp.take(a, rows.prompt, axis=0), cache)
+    logits = jnp.take(logits, rows.prompt, axis=0)
     state = State(cache, seq, rows.lengths, jnp.zeros_like(rows.lengths), ~rows.active,
                   jnp.zeros_like(rows.lengths), logits)
     state = _emit(state, rows, greedy)
@@ -106,8 +118,9 @@ def _grow(cache: list, slots: int) -> list:
 
 def _prefill(model: Decoder, params, tokens: Array, lengths: Array, cache: list, chunk: int):
     """Run the prompts through in chunks of `chunk` tokens (a scan, so one compiled
-    body), keeping only each row's last real position's logits: the full
-    [batch, length, vocab] logits of a long prompt would not fit in memory."""
+    body), keeping only each row's last real position's hidden state; the output
+    layer runs on that one position: logits for every prompt position would cost
+    batch x length x vocab of memory and as many multiply-adds, for nothing."""
     batch, length = tokens.shape
     size = min(chunk, length)
     pieces = tokens.reshape(batch, length // size, size).transpose(1, 0, 2)
@@ -117,15 +130,16 @@ def _prefill(model: Decoder, params, tokens: Array, lengths: Array, cache: list,
         i, piece = inputs
         start = i * size
         positions = jnp.broadcast_to(start + jnp.arange(size)[None, :], piece.shape)
-        logits, cache = model.apply({"params": params}, piece, positions, None, cache)
+        hidden, cache = model.apply({"params": params}, piece, positions, None, cache, return_hidden=True)
         index = lengths - 1 - start
         inside = (index >= 0) & (index < size)
-        picked = jnp.take_along_axis(logits, jnp.clip(index, 0, size - 1)[:, None, None], axis=1)[:, 0]
-        return (cache, jnp.where(inside[:, None], picked.astype(jnp.float32), last)), None
+        picked = jnp.take_along_axis(hidden, jnp.clip(index, 0, size - 1)[:, None, None], axis=1)
+        return (cache, jnp.where(inside[:, None, None], picked, last)), None
 
-    last = jnp.zeros((batch, model.config.vocab_size), jnp.float32)
+    last = jnp.zeros((batch, 1, model.config.hidden_size), jnp.dtype(model.config.dtype))
     (cache, last), _ = jax.lax.scan(body, (cache, last), (jnp.arange(pieces.shape[0]), pieces))
-    return cache, last
+    kernel = nn.meta.unbox(output_kernel(model.config, params))
+    return cache, vocab_logits(model.config, last, kernel)[:, 0].astype(jnp.float32)
 
 
 def _emit(state: State, rows: RowSettings, greedy: bool) -> State:

@@ -6,8 +6,9 @@
     sampler.generate_rows(prompts, [SamplingParams(...), ...])      # per-row settings
 
 Prompts of different lengths are right-padded and prefilled together (positions
-0..T-1 in every row), then every row decodes at its own position inside one
-jitted `lax.while_loop` (decode.py). Shapes are bucketed so that repeated calls
+0..T-1 in every row), each distinct prompt once however many rows ask for it,
+then every row decodes at its own position inside one jitted `lax.while_loop`
+(decode.py). Shapes are bucketed so that repeated calls
 reuse compiled code: the batch to a power of two, the prefill length and the
 cache length to 16, 24, 32, 48, 64, 96, ... (powers of two and the halfway
 points between them, so a bucket wastes at most a third), and the stop lists to
@@ -89,7 +90,8 @@ class Sampler:
     max_length: the longest prompt + new tokens a row may reach (default: the
       model's max_position_embeddings).
     prefill_chunk: prompts longer than this are prefilled this many tokens at a
-      time, which bounds the prefill logits at batch x chunk x vocab.
+      time, which bounds the prefill's activations (attention's batch x heads x
+      chunk x length scores among them).
     """
 
     def __init__(self, config: ModelConfig, params, max_length: int | None = None, prefill_chunk: int = 512):
@@ -128,10 +130,11 @@ class Sampler:
             prefill_len = -(-prefill_len // self.prefill_chunk) * self.prefill_chunk
         cache_len = max(min(bucket(need), self.max_length), prefill_len)
         batch = _power_of_two(len(prompts))
-        seq, rows = self._arrays(prompts, settings, batch, cache_len)
+        seq, rows, distinct, distinct_lengths = self._arrays(prompts, settings, batch, cache_len, prefill_len)
         greedy = all(s.temperature == 0 for s in settings)
-        out, generated, finish = jax.device_get(self._run(self.params, seq, rows, greedy=greedy,
-                                                          prefill_len=prefill_len, chunk=self.prefill_chunk))
+        out, generated, finish = jax.device_get(self._run(self.params, seq, rows, distinct, distinct_lengths,
+                                                          greedy=greedy, prefill_len=prefill_len,
+                                                          chunk=self.prefill_chunk))
         return [self._completion(out[i], len(p), int(generated[i]), int(finish[i]), s)
                 for i, (p, s) in enumerate(zip(prompts, settings))]
 
@@ -156,8 +159,16 @@ class Sampler:
         if any(not seq for seq in s.stop_sequences):
             raise SamplingError(f"prompt {i}: a stop sequence is empty")
 
-    def _arrays(self, prompts, settings, batch: int, cache_len: int) -> tuple[jax.Array, decode.RowSettings]:
+    def _arrays(self, prompts, settings, batch: int, cache_len: int, prefill_len: int):
+        """(seq, rows, the distinct prompts, their lengths) as decode.generate takes them."""
         n = len(prompts)
+        first_of: dict[tuple[int, ...], int] = {}
+        prompt_row = [first_of.setdefault(tuple(p), len(first_of)) for p in prompts]
+        distinct = np.zeros((_power_of_two(len(first_of)), prefill_len), np.int32)
+        distinct_lengths = np.ones(distinct.shape[0], np.int32)  # the padding rows: one token 0
+        for prompt, row in first_of.items():
+            distinct[row, :len(prompt)] = prompt
+            distinct_lengths[row] = len(prompt)
         # Floors that cover the usual requests (a few end ids, OpenAI's 4 stop
         # strings of a few tokens), so that they all share one program.
         stop_ids = max(4, _power_of_two(max(len(s.stop_token_ids) for s in settings)))
@@ -179,6 +190,7 @@ class Sampler:
 
         rows = decode.RowSettings(
             lengths=column((len(p) for p in prompts), np.int32, 1),
+            prompt=column(prompt_row, np.int32, 0),
             active=column((True for _ in prompts), np.bool_, False),
             max_new=column((s.max_new_tokens for s in settings), np.int32, 1),
             temperature=column((s.temperature for s in settings), np.float32, 0.0),
@@ -187,7 +199,8 @@ class Sampler:
             # PRNGKey takes 32 bits under the default (no x64) mode: fold larger seeds in.
             seeds=column((s.seed % (1 << 32) for s in settings), np.uint32, 0),
             stop_ids=ids, stop_seqs=seqs, stop_lens=lens)
-        return jnp.asarray(seq), jax.tree_util.tree_map(jnp.asarray, rows)
+        return (jnp.asarray(seq), jax.tree_util.tree_map(jnp.asarray, rows), jnp.asarray(distinct),
+                jnp.asarray(distinct_lengths))
 
     @staticmethod
     def _completion(row: np.ndarray, prompt_len: int, generated: int, finish: int,

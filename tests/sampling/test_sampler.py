@@ -108,6 +108,23 @@ def test_sampling_is_deterministic_per_seed_and_top_k_1_is_greedy(llama):
     assert alone.tokens == batched.tokens
 
 
+def test_rows_that_share_a_prompt_sample_as_they_would_alone(llama):
+    # A GRPO group: copies of one prompt, prefilled once, each row from its own
+    # copy of that cache, among rows of another prompt and their own budgets.
+    _, _, _, sampler = llama
+    a, b = prompts((9, 30))
+    rows = [a, b, a, a, b]
+    settings = [SamplingParams(n, temperature=1.0, seed=s) for n, s in ((12, 3), (12, 4), (20, 5), (12, 6), (5, 7))]
+    together = sampler.generate_rows(rows, settings)
+    alone = [sampler.generate_rows([p], [s])[0] for p, s in zip(rows, settings)]
+    assert [c.tokens for c in together] == [c.tokens for c in alone]
+    assert [c.prompt_tokens for c in together] == [9, 30, 9, 9, 30]
+    assert len({tuple(together[i].tokens[:12]) for i in (0, 2, 3)}) == 3  # the copies sample apart
+    greedy = sampler.generate_rows([a, a, b], [SamplingParams(16)] * 3)
+    assert greedy[0].tokens == greedy[1].tokens == sampler.generate([a], 16)[0].tokens
+    assert greedy[2].tokens == sampler.generate([b], 16)[0].tokens
+
+
 def test_stop_tokens_and_sequences_end_rows_early(llama):
     _, _, _, sampler = llama
     batch = prompts((6, 13, 4))
