@@ -6,7 +6,7 @@ batch and one compiled program; only the shapes and three switches (greedy or
 not, the prefill length, the prefill chunk) are static, and sampler.py buckets
 the shapes.
 
-Rows that ask for the same prompt (a GRPO group, an OpenAI request with n > 1)
+Rows that ask for the same prompt (a GRPO group, a prompt sampled several times)
 share its prefill: each distinct prompt is prefilled once and every row starts
 from a copy of its prompt's cache. On a small model the prefill of long prompts
 is most of a rollout's work, so a group of 8 pays for it once instead of 8 times.
