@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterable, Iterator, Sequence
@@ -294,6 +295,9 @@ def count_rows(paths: Paths) -> int:
     return total
 
 
+_TEMPORARY_DIGITS = 12  # of a uuid4's hex: what makes a temporary's name its writer's own
+
+
 def temporary_name(path: str | Path) -> str:
     """Where a file is written before it is whole: beside `path` (so renaming it
     over `path` is atomic where the filesystem has such a rename), dot-prefixed
@@ -301,14 +305,33 @@ def temporary_name(path: str | Path) -> str:
     thread or Beam worker alike), so concurrent writers never share one. Works
     for remote paths (`gs://...`) too: they also take `/`."""
     folder, slash, name = str(path).rpartition("/")
-    return f"{folder}{slash}.{name}.{uuid.uuid4().hex[:12]}.partial"
+    return f"{folder}{slash}.{name}.{uuid.uuid4().hex[:_TEMPORARY_DIGITS]}.partial"
+
+
+def remove_temporaries(path: str | Path) -> None:
+    """Delete what killed writers of `path` left behind (its `temporary_name`s).
+    Only for a file with one writer at a time, as a stage's outputs are: a live
+    writer's temporary would go too."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    # Exactly temporary_name's form: `.{name}.*.partial` would also take the
+    # temporaries of `{name}.done` and the like.
+    own = re.compile(re.escape(f".{path.name}.") + f"[0-9a-f]{{{_TEMPORARY_DIGITS}}}" + re.escape(".partial"))
+    for leftover in path.parent.iterdir():
+        if own.fullmatch(leftover.name):
+            leftover.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def open_atomic(path: str | Path) -> Iterator[IO[str]]:
+def open_atomic(path: str | Path, only_writer: bool = False) -> Iterator[IO[str]]:
     """A text file to write that appears at `path` whole or not at all: written
     under its `temporary_name`, renamed over `path` when the block ends without
-    an exception, removed when it raises."""
+    an exception, removed when it raises. only_writer: nothing else writes
+    `path` meanwhile (a stage's outputs, a run's report), so the temporaries of
+    writers killed before (kill -9 leaves them) are removed first."""
+    if only_writer:
+        remove_temporaries(path)
     tmp = Path(temporary_name(path))
     try:
         with open(tmp, "w", encoding="utf-8") as f:

@@ -1,10 +1,11 @@
 """records.open_atomic and temporary_name: a file appears whole or not at all."""
 
 import threading
+from pathlib import Path
 
 import pytest
 
-from codeio_jax.records import open_atomic, temporary_name
+from codeio_jax.records import open_atomic, remove_temporaries, temporary_name
 
 
 def test_a_block_that_raises_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -59,3 +60,14 @@ def test_temporary_names_sit_beside_local_and_remote_paths():
     assert remote.startswith("gs://bucket/run/.report.md.") and remote.endswith(".partial")
     assert temporary_name("report.md").startswith(".report.md.")
     assert temporary_name("gs://b/x") != temporary_name("gs://b/x")
+
+
+def test_a_killed_writers_temporaries_are_removed_and_no_other_file(tmp_path):
+    target = tmp_path / "prompts[1].jsonl"  # a name with glob characters in it
+    leftovers = [Path(temporary_name(target)) for _ in range(2)]
+    others = [Path(temporary_name(tmp_path / "prompts[1].jsonl.done")), tmp_path / "prompts[1].jsonl",
+              Path(temporary_name(tmp_path / "prompts.errors.jsonl"))]
+    for path in leftovers + others:
+        path.write_text("x")
+    remove_temporaries(target)
+    assert sorted(tmp_path.iterdir()) == sorted(others)

@@ -124,7 +124,8 @@ def _recover(journal: Path, run_id: str) -> int:
 
 def _finish(journal: Path, dest: Path, errors_dest: Path, marker: Path, run_id: str,
             summary: Summary) -> None:
-    with open(journal, "rb") as source, open_atomic(dest) as out, open_atomic(errors_dest) as err:
+    with open(journal, "rb") as source, open_atomic(dest, only_writer=True) as out, \
+            open_atomic(errors_dest, only_writer=True) as err:
         next(source)  # the fingerprint
         for raw in source:
             entry = json.loads(raw)

@@ -247,7 +247,7 @@ def run_pipeline(work_dir: str | Path = gin.REQUIRED, source: str | Path | None 
         if index is not None:
             current = step("decontaminate", stages.decontaminate_file, current, work / "decontaminated.jsonl", index)
             errors = stages.read_rows(work / "decontaminated.errors.jsonl")
-            with open_atomic(work / "decontamination.json") as f:
+            with open_atomic(work / "decontamination.json", only_writer=True) as f:
                 f.write(json.dumps(decontaminate.summarize(errors, index), indent=1, sort_keys=True) + "\n")
         if dedup_settings is not None:
             current = step("dedup", stages.dedup_file, current, work / "deduplicated.jsonl", dedup_settings)

@@ -149,9 +149,9 @@ def _record_counts(table: list[dict]) -> dict:
 
 
 def write(work: Path, report: dict) -> None:
-    with open_atomic(work / "report.json") as f:
+    with open_atomic(work / "report.json", only_writer=True) as f:
         f.write(json.dumps(report, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
-    with open_atomic(work / "report.md") as f:
+    with open_atomic(work / "report.md", only_writer=True) as f:
         f.write(markdown(report))
 
 

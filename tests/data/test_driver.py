@@ -5,9 +5,11 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from codeio_jax.data import ios
 from codeio_jax.data.driver import Result, run_resumable
+from codeio_jax.records import temporary_name
 
 
 def numbers(skip, upto=10, fail_at=None):
@@ -41,6 +43,21 @@ def test_done_runs_are_skipped_and_other_runs_start_over(tmp_path):
     assert again.already_done and again.items == 10
     other = run_resumable(out, err, "run-2", lambda skip: numbers(skip, upto=4))
     assert not other.already_done and other.items == 4
+
+
+def test_a_run_killed_while_it_wrote_its_outputs_leaves_nothing_behind_the_rerun(tmp_path):
+    # What a kill inside the final write leaves: the journal, and half-written
+    # outputs under their temporary names (each writer's own, so no rerun would
+    # ever overwrite them).
+    out, err = tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+    try:
+        run_resumable(out, err, "run-1", lambda skip: numbers(skip, fail_at=6))
+    except RuntimeError:
+        pass
+    for path in (out, err):
+        Path(temporary_name(path)).write_text('{"i": 1}\n{"i"')
+    run_resumable(out, err, "run-1", numbers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["err.jsonl", "out.jsonl", "out.jsonl.done"]
 
 
 def test_kill_minus_9_at_random_moments_gives_the_same_bytes(tmp_path):
