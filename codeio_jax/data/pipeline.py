@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -371,6 +372,7 @@ def write_examples(examples: Path, out_dir: Path, shards: int, error_files: Sequ
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     scratch = out_dir / ".scratch"
+    shutil.rmtree(scratch, ignore_errors=True)  # the runs of a write killed before: the rmdir below needs it empty
     counts = sharding.write_local(stages.read_rows(examples), examples_set, str(scratch))
     errors = sharding.write_local((row for path in error_files for row in stages.read_rows(path)),
                                   errors_set, str(scratch))

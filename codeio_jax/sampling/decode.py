@@ -23,7 +23,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
 from flax import linen as nn
 
 from codeio_jax.models.decoder import Decoder, init_cache, output_kernel, vocab_logits

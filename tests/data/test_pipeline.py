@@ -42,6 +42,21 @@ def test_trace_teacher_pipeline_verifies_every_answer(tmp_path):
     assert all(stage.summary.already_done for stage in again.stages)
 
 
+def test_a_write_killed_while_it_spilled_is_redone_from_an_empty_scratch(tmp_path):
+    # A kill inside the write stage leaves its run files in .scratch (and no
+    # write.done); the rerun must redo the stage, not fail on what it finds.
+    work = tmp_path / "run"
+    run_pipeline(work_dir=work, source=small_corpus(tmp_path), per_task=2, rounds=1, workers=2)
+    shards = work / "tfrecords"
+    expected = {p.name: p.read_bytes() for p in shards.iterdir()}
+    (shards / "write.done").unlink()
+    (shards / ".scratch").mkdir()
+    (shards / ".scratch" / "codeio_examples-00000-0f1e2d3c.run").write_text('{"id": "half"}\t{"id"')
+    again = run_pipeline(work_dir=work, source=small_corpus(tmp_path), per_task=2, rounds=1, workers=2)
+    assert not again.stage("write").summary.already_done
+    assert {p.name: p.read_bytes() for p in shards.iterdir()} == expected
+
+
 def student(messages):
     """A weak first-turn model: guesses 0 for every output, an empty input."""
     if len(messages) > 2:
@@ -188,7 +203,9 @@ def test_kill_9_at_random_moments_ends_byte_identical(tmp_path):
             landed += process.poll() is None
             process.send_signal(signal.SIGKILL)
             process.wait()
-        assert run_cli(work, source).wait() == 0
+        final = run_cli(work, source)
+        _, stderr = final.communicate()
+        assert final.returncode == 0, f"attempt {attempt}: {stderr.decode()[-2000:]}"
         assert stage_files(work) == expected, f"attempt {attempt}"
         assert not list(work.glob("*.journal")) and not list(work.glob("*.partial"))
     assert landed >= 8  # most kills did land in the middle of a run
