@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from codeio_jax.data import ios
 from codeio_jax.data.driver import Result, run_resumable
 from codeio_jax.records import temporary_name
@@ -19,12 +21,16 @@ def numbers(skip, upto=10, fail_at=None):
         yield Result.one(i % 3 != 0, {"i": i})
 
 
-def test_resume_after_a_crash_and_a_torn_line(tmp_path):
+def crashed_at_6(tmp_path):
+    """(out, err) of run-1 after its stage crashed at item 6: a journal of 6 items."""
     out, err = tmp_path / "out.jsonl", tmp_path / "err.jsonl"
-    try:
+    with pytest.raises(RuntimeError):
         run_resumable(out, err, "run-1", lambda skip: numbers(skip, fail_at=6))
-    except RuntimeError:
-        pass
+    return out, err
+
+
+def test_resume_after_a_crash_and_a_torn_line(tmp_path):
+    out, err = crashed_at_6(tmp_path)
     journal = tmp_path / "out.jsonl.journal"
     with open(journal, "ab") as f:
         f.write(b'{"ok": true, "row": {"i": 6')  # a line torn by the kill
@@ -49,11 +55,7 @@ def test_a_run_killed_while_it_wrote_its_outputs_leaves_nothing_behind_the_rerun
     # What a kill inside the final write leaves: the journal, and half-written
     # outputs under their temporary names (each writer's own, so no rerun would
     # ever overwrite them).
-    out, err = tmp_path / "out.jsonl", tmp_path / "err.jsonl"
-    try:
-        run_resumable(out, err, "run-1", lambda skip: numbers(skip, fail_at=6))
-    except RuntimeError:
-        pass
+    out, err = crashed_at_6(tmp_path)
     for path in (out, err):
         Path(temporary_name(path)).write_text('{"i": 1}\n{"i"')
     run_resumable(out, err, "run-1", numbers)
