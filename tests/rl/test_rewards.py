@@ -9,6 +9,7 @@ from codeio_jax.records import INPUT_PREDICTION, OUTPUT_PREDICTION
 from codeio_jax.rl.benchmark_prompts import cruxeval_prompts
 from codeio_jax.rl.prompts import RLPrompt
 from codeio_jax.rl.rewards import FormatReward, LengthPenalty, Sample, Verified, check_terms, score
+from codeio_jax.rl.toy import one_line_functions
 from tests.conftest import shared_data
 
 SUM_CODE = "def main_solution(n):\n    total = 0\n    for i in range(n):\n        total += i\n    return total\n"
@@ -44,6 +45,19 @@ def test_an_input_is_re_executed_not_compared_with_the_sampled_one(sandbox):
     scores = score([sample(input_prompt(0), '{"input": {"n": 0}}'), sample(input_prompt(0), '{"input": {"n": 1}}')],
                    sandbox, check_terms([]))
     assert [s.reward for s in scores] == [1.0, 1.0]
+
+
+def test_the_toy_teacher_is_right_as_often_as_asked_and_the_reward_finds_which(sandbox):
+    # The warm-up's references (rl/toy.py): a teacher right 60% of the time names
+    # a wrong digit otherwise, which the verifier, not the reference, must catch.
+    taught = one_line_functions(400, seed=3, arguments=3, teacher_accuracy=0.6).prompts
+    scores = score([sample(p, p.reference) for p in taught], sandbox, check_terms([]))
+    assert {s.status for s in scores} == {"correct", "wrong"}
+    assert abs(sum(s.reward for s in scores) / len(scores) - 0.6) < 0.08  # 400 draws: one sd is 0.025
+    for task in (OUTPUT_PREDICTION, INPUT_PREDICTION):  # both tasks carry mistakes
+        assert 0.4 < sum(s.reward for s, p in zip(scores, taught) if p.task == task) / 200 < 0.8
+    exact = one_line_functions(100, seed=3, arguments=3).prompts
+    assert all(s.reward == 1.0 for s in score([sample(p, p.reference) for p in exact], sandbox, check_terms([])))
 
 
 HOSTILE = [
