@@ -265,7 +265,7 @@ def rl(model_dir: str | Path = gin.REQUIRED, prompts: PromptSet = gin.REQUIRED, 
                     report_heldout.append((done, measured["heldout_reward"]))
                 row.update(measured)
             if done % log_every == 0 or last or "heldout_reward" in row:
-                log.write(done, row, row["rollout_tokens_per_s"])
+                log.write(done, row, None)
             checkpoints.save(done, state, done * prompts_per_step, force=last)
         checkpoints.close()
         log.close()

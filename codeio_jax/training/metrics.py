@@ -38,11 +38,14 @@ class MetricsLog:
             self.jsonl = open(folder / "metrics.jsonl", "a", encoding="utf-8")
             self.writer = SummaryWriter(folder / "tensorboard")
 
-    def write(self, step: int, metrics: dict, tokens_per_s: float, extra: dict | None = None) -> dict:
-        row = {"step": step, **{key: float(value) for key, value in metrics.items()},
-               "tokens_per_s": tokens_per_s}
-        if self.peak_flops:
-            row["mfu"] = self.flops_per_token * tokens_per_s / (self.peak_flops * self.devices)
+    def write(self, step: int, metrics: dict, tokens_per_s: float | None, extra: dict | None = None) -> dict:
+        """tokens_per_s: the train step's (with MFU where the peak is known), or
+        None where the row has throughputs of its own (rl's rollout_tokens_per_s)."""
+        row = {"step": step, **{key: float(value) for key, value in metrics.items()}}
+        if tokens_per_s is not None:
+            row["tokens_per_s"] = tokens_per_s
+            if self.peak_flops:
+                row["mfu"] = self.flops_per_token * tokens_per_s / (self.peak_flops * self.devices)
         row.update(extra or {})
         if self.primary:
             self.jsonl.write(json.dumps(row) + "\n")

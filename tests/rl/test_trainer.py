@@ -18,7 +18,7 @@ from codeio_jax.training.optimizer import OptimizerConfig
 REPO = Path(__file__).resolve().parents[2]
 # Untied embeddings: a random tied model repeats its last token, whatever the temperature.
 MODEL = presets.preset("tiny_llama").replace(vocab_size=320, max_position_embeddings=256)
-TIMINGS = ("rollout_s", "reward_s", "update_s", "rollout_tokens_per_s", "tokens_per_s")
+TIMINGS = ("rollout_s", "reward_s", "update_s", "rollout_tokens_per_s")
 HELDOUT = ("heldout_reward", "heldout_pass_rate")
 
 
@@ -62,7 +62,8 @@ def test_metrics_and_an_exact_resume(tmp_path):
     assert [row["step"] for row in rows] == [1, 2, 3]
     for row in rows:
         assert {"step", "reward_mean", "pass_rate", "kl", "loss", "clip_fraction", "response_length",
-                "rollout_s", "reward_s", "grad_norm", "pass_rate/output_prediction"} <= set(row)
+                "rollout_s", "reward_s", "grad_norm", "pass_rate/output_prediction", "rollout_tokens_per_s"} <= set(row)
+        assert "tokens_per_s" not in row and "mfu" not in row  # a train step's figures, not a rollout's
     assert "heldout_reward" in rows[0] and "heldout_reward" in rows[-1] and "heldout_reward" not in rows[1]
     assert [step for step, _ in whole.heldout] == [0, 3]
     assert all(row["grad_norm"] > 0 and row["reward/variety"] > 0 for row in rows)
