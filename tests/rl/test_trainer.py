@@ -14,6 +14,7 @@ from codeio_jax.sampling.sampler import SamplingParams
 from codeio_jax.rl.toy import byte_tokenizer, one_line_functions
 from codeio_jax.rl.trainer import RLError, rl
 from codeio_jax.training.optimizer import OptimizerConfig
+from tests.fake_devices import run_on_cpu_devices
 
 REPO = Path(__file__).resolve().parents[2]
 # Untied embeddings: a random tied model repeats its last token, whatever the temperature.
@@ -73,6 +74,42 @@ def test_metrics_and_an_exact_resume(tmp_path):
     resumed = run(tmp_path, "split", **settings)
     assert resumed.start_step == 2
     assert comparable(metrics(tmp_path / "split")) == comparable(rows)
+
+
+ON_A_MESH = """
+import json, os, sys
+sys.path.insert(0, {repo!r})
+import jax
+import codeio_jax.training.partitioning as partitioning
+from codeio_jax.training.partitioning import MeshConfig
+from tests.rl.test_trainer import metrics, run
+from pathlib import Path
+
+assert jax.device_count() == 4, jax.devices()
+make_mesh = partitioning.make_mesh
+found = {{}}
+for name, mesh in (("single", MeshConfig(data=1)), ("data x fsdp", MeshConfig(data=2, fsdp=2))):
+    # One device: a mesh over the first only.
+    partitioning.make_mesh = (lambda cfg, devices=None: make_mesh(cfg, jax.devices()[:1])) if name == "single" \
+        else make_mesh
+    report = run(Path({tmp!r}), name, mesh=mesh, steps=2, heldout=None)
+    found[name] = metrics(report.model_dir)
+print(json.dumps(found))
+"""
+
+
+def test_rollouts_and_updates_on_a_mesh_give_the_single_device_numbers(tmp_path):
+    # The policy sharded over data x fsdp: the sampler runs on its sharded weights
+    # (the prefill shared by a group, copied to its rows) and the update on its mesh.
+    found = run_on_cpu_devices(ON_A_MESH.format(repo=str(REPO), tmp=str(tmp_path)), 4)
+    single, sharded = found["single"], found["data x fsdp"]
+    assert [row["step"] for row in sharded] == [1, 2]
+    # The same completions (sampled from logits equal but for rounding: their rewards
+    # are equal), the same gradient; step 2 samples from the updated policy, so its
+    # rewards being equal too says the two updates were the same.
+    assert [row["reward_mean"] for row in sharded] == [row["reward_mean"] for row in single]
+    assert single[0]["reward_mean"] != single[1]["reward_mean"]
+    assert [row["grad_norm"] for row in sharded] == pytest.approx([row["grad_norm"] for row in single], rel=1e-4)
 
 
 def test_lora_with_a_kl_to_the_base(tmp_path):
