@@ -117,6 +117,7 @@ def assert_same_numbers(expected: dict[int, dict], got: dict[int, dict], steps) 
 # Run from the repository root (python -c puts it on sys.path).
 PLACEMENT = """
 import json
+import sys
 from codeio_jax.training import partitioning
 partitioning.initialize_distributed()
 import jax
@@ -140,16 +141,19 @@ for name, (config, order) in layouts.items():
     whole = np.asarray(multihost_utils.process_allgather(placed, tiled=True))
     report[name] = {"rows": [int(row) for row in host_part(tokens, sharding)[:, 0] // 3],
                     "placed": whole.tolist() == tokens.tolist()}
-print(json.dumps(report))
+with open(sys.argv[1], "w") as f:
+    json.dump(report, f)
 """
 
 
 def test_each_process_places_its_own_rows_of_the_global_batch_for_any_mesh(tmp_path):
-    done = run_job([sys.executable, "-c", PLACEMENT], 2, 4, tmp_path, timeout=300)
+    # Each report goes to a file of its own: on stdout, gloo's C++ lines can land
+    # inside the report's line (C++ and Python buffer stdout apart).
+    reports = [tmp_path / f"report-{process}.json" for process in range(2)]
+    done = run_job(lambda process: [sys.executable, "-c", PLACEMENT, str(reports[process])], 2, 4, tmp_path,
+                   timeout=300)
     succeeded(done)
-    # gloo's lines may come out after the report (C++ and Python buffer stdout apart).
-    first, second = (json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
-                     for result in done)
+    first, second = (json.loads(report.read_text()) for report in reports)
     assert all(layout["placed"] for report in (first, second) for layout in report.values())
     assert first["data"]["rows"] == first["fsdp x tensor"]["rows"] == [0, 1, 2, 3]
     assert second["data"]["rows"] == [4, 5, 6, 7]
